@@ -1,0 +1,56 @@
+"""hbm: Bayesian hierarchical models in JAX, with our own NUTS, ADVI, MAP and Laplace.
+
+The public names are listed in ``__all__``; each is re-exported from the module that
+defines it (imported on first use, so ``import hbm`` stays light).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # models
+    "Model": "hbm.model",
+    "BoundModel": "hbm.model",
+    # inference
+    "sample": "hbm.inference",
+    "advi": "hbm.inference",
+    "find_map": "hbm.inference",
+    "fit": "hbm.inference",
+    "prior_predictive": "hbm.predict",
+    "map_vs_mean": "hbm.compare",
+    # results
+    "Fit": "hbm.results",
+    "HbmWarning": "hbm.diagnostics",
+    # errors
+    "HbmError": "hbm.errors",
+    "ModelError": "hbm.errors",
+    "ModelTypeError": "hbm.errors",
+    "DataError": "hbm.errors",
+    "InitializationError": "hbm.errors",
+    "ConfigurationError": "hbm.errors",
+    "SamplingError": "hbm.errors",
+    "ConstraintError": "hbm.errors",
+}
+_SUBMODULES = ("dist", "constraints", "transforms", "datasets", "models", "diagnostics",
+               "samplers", "plots", "errors")
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"hbm.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'hbm' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

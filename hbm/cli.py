@@ -1,0 +1,197 @@
+"""The ``hbm`` command: ``hbm demo``, ``hbm fit MODEL``, ``hbm models``.
+
+Errors raised by hbm are printed as one clear line (exit status 2), not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import sys
+
+
+def _load_model(spec: str, data_csv: str | None):
+    """A library model name, or ``path/file.py:function`` returning ``(model, data)``."""
+    from hbm import models
+    from hbm.errors import ConfigurationError
+
+    df = None
+    if data_csv is not None:
+        import pandas as pd
+
+        df = pd.read_csv(data_csv)
+    if ":" in spec:
+        path, func = spec.rsplit(":", 1)
+        file = pathlib.Path(path)
+        if not file.exists():
+            raise ConfigurationError(f"model file {path!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(file.stem, file)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        if not hasattr(module, func):
+            raise ConfigurationError(f"{path} has no function {func!r}")
+        fn = getattr(module, func)
+    else:
+        library = models.available()
+        if spec not in library:
+            raise ConfigurationError(f"unknown model {spec!r}; `hbm models` lists the library "
+                                     f"({', '.join(sorted(library))})")
+        fn = library[spec]
+    return fn(df) if df is not None else fn()
+
+
+def _write_figures(fit, out: pathlib.Path, prefix: str) -> list[pathlib.Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import arviz as az
+    import matplotlib.pyplot as plt
+
+    written = []
+    idata = fit.to_arviz()
+    scalar_vars = [k for k, v in fit.posterior.items() if v.ndim == 2][:6]
+    if scalar_vars:
+        az.plot_rank(idata, var_names=scalar_vars)
+        path = out / f"{prefix}_rank.png"
+        plt.gcf().savefig(path, dpi=90, bbox_inches="tight")
+        plt.close("all")
+        written.append(path)
+    vector_vars = [k for k, v in fit.posterior.items() if v.ndim >= 2][:4]
+    az.plot_forest(idata, var_names=vector_vars, combined=True)
+    path = out / f"{prefix}_forest.png"
+    plt.gcf().savefig(path, dpi=90, bbox_inches="tight")
+    plt.close("all")
+    written.append(path)
+    return written
+
+
+def _demo(args) -> int:
+    import numpy as np
+    import pandas as pd
+
+    import hbm
+
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, data = hbm.models.radon_varying_intercept_slope()
+    print("hbm demo: radon (Gelman & Hill ch. 13), log radon ~ floor with county-varying "
+          "intercepts and slopes, LKJ-correlated")
+    print(f"  {len(np.asarray(data['y']))} houses in {len(model.coords.get('county', []))} "
+          "counties\n")
+
+    fit = hbm.sample(model, data, chains=args.chains, warmup=args.warmup, draws=args.draws,
+                     seed=args.seed, progress="force" if sys.stderr.isatty() else False)
+    scalars = [k for k, v in fit.posterior.items() if v.ndim <= 3 and "effect" not in k]
+    pd.set_option("display.width", 120)
+    print("NUTS posterior summary (population-level parameters):")
+    print(fit.summary(var_names=scalars).to_string())
+    n_div = int(np.sum(fit.sample_stats["diverging"]))
+    print(f"\n  divergences: {n_div}; step sizes: "
+          f"{np.round(fit.info['step_size'], 3).tolist()}; sampling took "
+          f"{fit.info['times']['warmup'] + fit.info['times']['sampling']:.1f} s\n")
+
+    approx = hbm.advi(model, data, method="fullrank", seed=args.seed, progress=False)
+    mode = hbm.find_map(model, data, seed=args.seed)
+    rows = []
+    for name in scalars:
+        post = fit.posterior[name].reshape(-1, *fit.posterior[name].shape[2:])
+        mean, sd = post.mean(0), post.std(0)
+        adv = approx.posterior[name].reshape(-1, *post.shape[1:]).mean(0)
+        mp = np.asarray(mode.params[name]) if hasattr(mode, "params") else np.asarray(
+            mode.posterior[name]).reshape(-1, *post.shape[1:])[0]
+        for idx in np.ndindex(mean.shape):
+            label = name + (f"[{','.join(map(str, idx))}]" if idx else "")
+            rows.append((label, mp[idx], mean[idx], sd[idx], adv[idx],
+                         (mp[idx] - mean[idx]) / sd[idx]))
+    table = pd.DataFrame(rows, columns=["parameter", "MAP", "NUTS mean", "NUTS sd",
+                                        "ADVI mean", "(MAP-mean)/sd"]).set_index("parameter")
+    print("MAP and ADVI beside the NUTS posterior mean:")
+    print(table.round(3).to_string())
+
+    written = []
+    nc = out / "radon_nuts.nc"
+    fit.to_arviz().to_netcdf(str(nc))
+    written.append(nc)
+    written += _write_figures(fit, out, "radon")
+    print(f"\nwrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def _fit(args) -> int:
+    import pandas as pd
+
+    import hbm
+
+    model, data = _load_model(args.model, args.data)
+    kwargs = {}
+    if args.method in ("nuts", "auto"):
+        kwargs = dict(chains=args.chains, warmup=args.warmup, draws=args.draws)
+    result = hbm.fit(model, data, method=args.method, seed=args.seed, **kwargs)
+    pd.set_option("display.width", 120)
+    print(f"method: {result.method}"
+          + (f" (fell back: {result.fallback_reason})" if result.fallback_reason else ""))
+    print(result.summary().to_string())
+    if args.out:
+        out = pathlib.Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        nc = out / "fit.nc"
+        result.to_arviz().to_netcdf(str(nc))
+        print(f"wrote {nc}")
+    return 0
+
+
+def _models(args) -> int:
+    from hbm import models
+
+    for name, fn in sorted(models.available().items()):
+        doc = (fn.__doc__ or "").strip().splitlines()
+        print(f"{name:32s} {doc[0] if doc else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hbm", description="Bayesian hierarchical models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="fit the radon model with NUTS, ADVI and MAP")
+    demo.add_argument("--out", default="hbm-demo")
+    demo.add_argument("--chains", type=int, default=4)
+    demo.add_argument("--warmup", type=int, default=1000)
+    demo.add_argument("--draws", type=int, default=1000)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
+
+    fit = sub.add_parser("fit", help="fit a library model or path/file.py:function")
+    fit.add_argument("model")
+    fit.add_argument("--data", default=None, help="CSV file passed to the model function")
+    fit.add_argument("--method", default="nuts",
+                     choices=["auto", "nuts", "advi", "map", "laplace"])
+    fit.add_argument("--chains", type=int, default=4)
+    fit.add_argument("--warmup", type=int, default=1000)
+    fit.add_argument("--draws", type=int, default=1000)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--out", default=None)
+    fit.set_defaults(func=_fit)
+
+    lst = sub.add_parser("models", help="list the model library")
+    lst.set_defaults(func=_models)
+    return parser
+
+
+def main(argv=None) -> int:
+    from hbm.errors import HbmError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HbmError as e:
+        print(f"hbm: error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"hbm: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

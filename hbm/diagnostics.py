@@ -1,0 +1,458 @@
+"""Convergence and sampler diagnostics for fitted models.
+
+Every check here reads arrays shaped ``(chain, draw, ...)`` and says, in words, what went
+wrong and what to try:
+
+- Divergent transitions: the numerical integrator failed (energy error too large), a sign
+  that the sampler cannot explore a region of high curvature, typically the neck of a
+  hierarchical funnel (Betancourt, 2017, "A Conceptual Introduction to Hamiltonian Monte
+  Carlo", arXiv:1701.02434).
+- Tree-depth saturation: NUTS stopped doubling because it reached ``max_tree_depth``,
+  not because the trajectory made a U-turn (Hoffman & Gelman, 2014, JMLR 15:1593).
+- Rank-normalized split R-hat and bulk effective sample size (Vehtari, Gelman, Simpson,
+  Carpenter & Buerkner, 2021, "Rank-normalization, folding, and localization: an
+  improved R-hat", Bayesian Analysis 16(2)), computed with ArviZ.
+- E-BFMI, the energy Bayesian fraction of missing information (Betancourt, 2016,
+  "Diagnosing suboptimal cotangent disintegrations in Hamiltonian Monte Carlo",
+  arXiv:1604.00695): ``sum(diff(E)^2) / sum((E - mean(E))^2)`` per chain.
+- Pareto k-hat of importance ratios (Vehtari, Simpson, Gelman, Yao & Gabry, 2024,
+  "Pareto smoothed importance sampling", JMLR 25(72)), used to judge variational
+  approximations (Yao, Vehtari, Simpson & Gelman, 2018, "Yes, but did it work?").
+
+ArviZ is imported lazily, only by the functions that need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from hbm.errors import DataError
+
+__all__ = [
+    "HbmWarning",
+    "DivergenceReport",
+    "TreeDepthReport",
+    "RHAT_THRESHOLD",
+    "ESS_BULK_THRESHOLD",
+    "EBFMI_THRESHOLD",
+    "DEFAULT_MAX_TREE_DEPTH",
+    "load_arviz",
+    "arviz_major_version",
+    "quiet_arviz",
+    "divergence_report",
+    "treedepth_report",
+    "ebfmi",
+    "pareto_khat",
+    "rhat_by_element",
+    "ess_bulk_by_element",
+    "element_labels",
+    "diagnose",
+]
+
+RHAT_THRESHOLD = 1.01
+ESS_BULK_THRESHOLD = 400.0
+EBFMI_THRESHOLD = 0.3
+DEFAULT_MAX_TREE_DEPTH = 10
+_MAX_NAMES_LISTED = 10
+
+
+class HbmWarning(UserWarning):
+    """A warning about the quality of a fit (divergences, R-hat, ESS, E-BFMI, ...)."""
+
+
+class DivergenceReport(NamedTuple):
+    """Divergent transitions after warmup.
+
+    Attributes
+    ----------
+    count : int
+        Number of divergent transitions over all chains.
+    total : int
+        Number of transitions over all chains.
+    fraction : float
+        ``count / total`` (0 when there are no transitions).
+    per_chain : np.ndarray
+        Divergences in each chain, shape ``(chain,)``.
+    """
+
+    count: int
+    total: int
+    fraction: float
+    per_chain: np.ndarray
+
+
+class TreeDepthReport(NamedTuple):
+    """Transitions that stopped at the maximum tree depth.
+
+    Attributes
+    ----------
+    count : int
+        Number of transitions with ``tree_depth >= max_tree_depth``.
+    total : int
+        Number of transitions over all chains.
+    fraction : float
+        ``count / total`` (0 when there are no transitions).
+    per_chain : np.ndarray
+        Saturated transitions in each chain, shape ``(chain,)``.
+    max_tree_depth : int
+        The limit the counts refer to.
+    """
+
+    count: int
+    total: int
+    fraction: float
+    per_chain: np.ndarray
+    max_tree_depth: int
+
+
+def load_arviz():
+    """Import and return ArviZ, silencing its import-time ``FutureWarning``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz
+
+    return arviz
+
+
+def arviz_major_version(arviz_module=None) -> int:
+    """Major version of the installed ArviZ (0 for the InferenceData API, >= 1 for DataTree)."""
+    arviz_module = load_arviz() if arviz_module is None else arviz_module
+    major = str(arviz_module.__version__).split(".", 1)[0]
+    return int(major) if major.isdigit() else 0
+
+
+@contextlib.contextmanager
+def quiet_arviz(arviz_module=None) -> Iterator[None]:
+    """Silence ArviZ's logger and warnings (e.g. "Shape validation failed" for one chain).
+
+    Used where hbm itself interprets the NaN that ArviZ returns for an undefined statistic.
+    """
+    arviz_module = load_arviz() if arviz_module is None else arviz_module
+    loggers = [logging.getLogger("arviz")]
+    private_logger = getattr(arviz_module, "_log", None)
+    if isinstance(private_logger, logging.Logger):
+        loggers.append(private_logger)
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _as_chain_draw(values: Any, name: str) -> np.ndarray:
+    """Return ``values`` as an array of shape ``(chain, draw)``; 1-D means one chain."""
+    array = np.asarray(values)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise DataError(f"{name} must have shape (chain, draw); got shape {array.shape}.")
+    return array
+
+
+def divergence_report(sample_stats: dict[str, Any]) -> DivergenceReport:
+    """Count divergent transitions in ``sample_stats["diverging"]``.
+
+    Parameters
+    ----------
+    sample_stats : dict
+        Must contain ``"diverging"``, boolean of shape ``(chain, draw)``.
+
+    Returns
+    -------
+    DivergenceReport
+    """
+    diverging = _as_chain_draw(sample_stats["diverging"], "diverging").astype(bool)
+    per_chain = diverging.sum(axis=1).astype(int)
+    count = int(per_chain.sum())
+    total = int(diverging.size)
+    return DivergenceReport(count, total, count / total if total else 0.0, per_chain)
+
+
+def treedepth_report(sample_stats: dict[str, Any], max_tree_depth: int) -> TreeDepthReport:
+    """Count transitions whose ``tree_depth`` reached ``max_tree_depth``.
+
+    Parameters
+    ----------
+    sample_stats : dict
+        Must contain ``"tree_depth"``, integers of shape ``(chain, draw)``.
+    max_tree_depth : int
+        The sampler's limit on the tree depth.
+
+    Returns
+    -------
+    TreeDepthReport
+    """
+    depth = _as_chain_draw(sample_stats["tree_depth"], "tree_depth")
+    per_chain = (depth >= max_tree_depth).sum(axis=1).astype(int)
+    count = int(per_chain.sum())
+    total = int(depth.size)
+    return TreeDepthReport(
+        count, total, count / total if total else 0.0, per_chain, int(max_tree_depth)
+    )
+
+
+def ebfmi(energy: Any) -> np.ndarray:
+    """Energy Bayesian fraction of missing information, one value per chain.
+
+    ``E-BFMI = sum_n (E_n - E_{n-1})^2 / sum_n (E_n - mean(E))^2`` (Betancourt, 2016).
+    Values below 0.3 suggest the momentum resampling explores the energy distribution
+    poorly, usually because of heavy tails or a funnel.
+
+    Parameters
+    ----------
+    energy : array_like
+        Hamiltonian energy at each draw, shape ``(chain, draw)`` (or ``(draw,)``).
+
+    Returns
+    -------
+    np.ndarray
+        Shape ``(chain,)``; NaN for a chain whose energy is constant.
+    """
+    energy = _as_chain_draw(energy, "energy").astype(float)
+    numerator = np.sum(np.diff(energy, axis=1) ** 2, axis=1)
+    centered = energy - energy.mean(axis=1, keepdims=True)
+    denominator = np.sum(centered**2, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        safe = np.where(denominator > 0, denominator, 1.0)
+        return np.where(denominator > 0, numerator / safe, np.nan)
+
+
+def pareto_khat(log_ratios: Any) -> float:
+    """Pareto k-hat of importance ratios ``log p(theta) - log q(theta)``.
+
+    The shape of a generalized Pareto fit to the largest ratios (PSIS). Below 0.5 the
+    importance-sampling estimate is reliable, up to 0.7 usable, above 0.7 the proposal
+    (e.g. an ADVI approximation) misses the target's tails.
+
+    Parameters
+    ----------
+    log_ratios : array_like
+        Log importance ratios, any shape (flattened); ``-inf`` means a zero weight.
+
+    Returns
+    -------
+    float
+        k-hat. ``inf`` if any ratio is NaN or ``+inf`` (or too few draws for a tail fit);
+        ``-inf`` if all finite ratios are equal (the proposal equals the target up to a
+        constant, so the weights are bounded).
+    """
+    ratios = np.asarray(log_ratios, dtype=float).ravel()
+    if ratios.size == 0 or np.any(np.isnan(ratios)) or np.any(ratios == np.inf):
+        return float("inf")
+    finite = ratios[np.isfinite(ratios)]
+    if finite.size == 0:
+        return float("inf")
+    if np.all(finite == finite[0]) and finite.size == ratios.size:
+        return float("-inf")
+    arviz = load_arviz()
+    with quiet_arviz(arviz):
+        if arviz_major_version(arviz) >= 1:
+            # arviz-stats smooths the right tail of the negated input (it expects a
+            # log-likelihood), so negate the ratios to fit their right tail.
+            from arviz_stats.base import array_stats
+
+            _, khat = array_stats.psislw(-ratios, r_eff=1.0, axis=-1)
+        else:
+            _, khat = arviz.psislw(ratios, reff=1.0)
+    return float(np.asarray(khat))
+
+
+def element_labels(
+    name: str,
+    shape: tuple[int, ...],
+    dims: tuple[str, ...] | None = None,
+    coords: dict[str, Any] | None = None,
+) -> list[str]:
+    """ArviZ-style labels of the elements of a parameter, in C order.
+
+    ``"mu"`` for a scalar, ``"theta[0]"`` or, with coordinates, ``"theta[A]"``; several
+    axes are joined as ArviZ does: ``"Sigma[0, 1]"``.
+    """
+    if len(shape) == 0:
+        return [name]
+    dims = tuple(dims or ())
+    coords = coords or {}
+    axis_labels = []
+    for axis, size in enumerate(shape):
+        dim = dims[axis] if axis < len(dims) else None
+        values = coords.get(dim) if dim is not None else None
+        if values is not None and len(values) == size:
+            axis_labels.append([str(v) for v in values])
+        else:
+            axis_labels.append([str(i) for i in range(size)])
+    labels = []
+    for index in np.ndindex(*shape):
+        inner = ", ".join(axis_labels[axis][i] for axis, i in enumerate(index))
+        labels.append(f"{name}[{inner}]")
+    return labels
+
+
+def _posterior_dataset(posterior: dict[str, np.ndarray]):
+    """An ``xarray.Dataset`` with dims ``(chain, draw, <name>_dim_<i>...)``."""
+    import xarray as xr
+
+    data_vars = {}
+    for name, values in posterior.items():
+        array = np.asarray(values)
+        extra = tuple(f"{name}_dim_{i}" for i in range(array.ndim - 2))
+        data_vars[name] = (("chain", "draw", *extra), array)
+    return xr.Dataset(data_vars)
+
+
+def _per_element(
+    posterior: dict[str, np.ndarray], statistic: str, **kwargs
+) -> dict[str, np.ndarray]:
+    arviz = load_arviz()
+    numeric = {
+        name: np.asarray(values, dtype=float)
+        for name, values in posterior.items()
+        if np.issubdtype(np.asarray(values).dtype, np.number)
+        or np.asarray(values).dtype == bool
+    }
+    if not numeric:
+        return {}
+    with quiet_arviz(arviz):
+        result = getattr(arviz, statistic)(_posterior_dataset(numeric), **kwargs)
+    return {name: np.asarray(result[name].values, dtype=float) for name in numeric}
+
+
+def rhat_by_element(posterior: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rank-normalized split R-hat (ArviZ) for every element of every parameter.
+
+    Returns ``name -> array of the parameter's shape``; NaN where undefined.
+    """
+    return _per_element(posterior, "rhat")
+
+
+def ess_bulk_by_element(posterior: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Bulk effective sample size (ArviZ) for every element of every parameter."""
+    return _per_element(posterior, "ess", method="bulk")
+
+
+def _name_list(names: list[str]) -> str:
+    if len(names) <= _MAX_NAMES_LISTED:
+        return ", ".join(names)
+    shown = ", ".join(names[:_MAX_NAMES_LISTED])
+    return f"{shown} and {len(names) - _MAX_NAMES_LISTED} more"
+
+
+def _flagged_elements(
+    values: dict[str, np.ndarray], is_bad, dims: dict, coords: dict
+) -> list[tuple[str, float]]:
+    flagged = []
+    for name, array in values.items():
+        array = np.asarray(array)
+        labels = element_labels(name, array.shape, dims.get(name), coords)
+        for label, value in zip(labels, array.ravel()):
+            if np.isfinite(value) and is_bad(value):
+                flagged.append((label, float(value)))
+    return flagged
+
+
+def _divergence_message(report: DivergenceReport, target_accept: float | None) -> str:
+    raise_to = "a value closer to 1 (e.g. 0.95 or 0.99)"
+    if target_accept is not None:
+        raise_to = f"a value above the {target_accept:g} used (e.g. 0.95 or 0.99)"
+    return (
+        f"{report.count} of {report.total} transitions after warmup "
+        f"({100 * report.fraction:.1f}%) were divergent; the posterior may be biased. "
+        f"Raise target_accept to {raise_to}, or reparameterize the model "
+        "(e.g. reparam='noncentered' for hierarchical scales near zero)."
+    )
+
+
+def _treedepth_message(report: TreeDepthReport) -> str:
+    return (
+        f"{report.count} of {report.total} transitions ({100 * report.fraction:.1f}%) "
+        f"stopped at the maximum tree depth {report.max_tree_depth}; the sampler is "
+        f"exploring inefficiently. Raise max_tree_depth (e.g. to "
+        f"{report.max_tree_depth + 2}) or reparameterize the model to reduce posterior "
+        "correlations."
+    )
+
+
+def diagnose(fit) -> list[str]:
+    """Diagnostic warnings for a fit, one sentence group per problem, each saying what to try.
+
+    Only NUTS fits are checked: divergences after warmup, tree-depth saturation (against
+    ``fit.info["max_tree_depth"]``, default 10), R-hat > 1.01, bulk ESS < 400 and E-BFMI
+    < 0.3 per chain. ADVI, Laplace and MAP draws are independent, so none of these apply.
+
+    Parameters
+    ----------
+    fit : hbm.results.Fit
+        Anything with ``method``, ``posterior``, ``sample_stats``, ``info``, ``dims`` and
+        ``coords`` attributes.
+
+    Returns
+    -------
+    list of str
+        Empty when nothing is wrong.
+    """
+    if fit.method != "nuts":
+        return []
+    messages: list[str] = []
+    stats = fit.sample_stats or {}
+    info = fit.info or {}
+    dims = fit.dims or {}
+    coords = fit.coords or {}
+
+    if "diverging" in stats:
+        report = divergence_report(stats)
+        if report.count > 0:
+            messages.append(_divergence_message(report, info.get("target_accept")))
+
+    if "tree_depth" in stats:
+        max_depth = info.get("max_tree_depth", DEFAULT_MAX_TREE_DEPTH)
+        report = treedepth_report(stats, max_depth)
+        if report.count > 0:
+            messages.append(_treedepth_message(report))
+
+    rhat_flagged = _flagged_elements(
+        rhat_by_element(fit.posterior), lambda r: r > RHAT_THRESHOLD, dims, coords
+    )
+    if rhat_flagged:
+        worst = max(value for _, value in rhat_flagged)
+        messages.append(
+            f"R-hat above {RHAT_THRESHOLD} (max {worst:.3f}) for "
+            f"{_name_list([label for label, _ in rhat_flagged])}: the chains have not "
+            "mixed. Run longer warmup and more draws, check for multimodality, or "
+            "reparameterize the model."
+        )
+
+    ess_flagged = _flagged_elements(
+        ess_bulk_by_element(fit.posterior), lambda e: e < ESS_BULK_THRESHOLD, dims, coords
+    )
+    if ess_flagged:
+        lowest = min(value for _, value in ess_flagged)
+        messages.append(
+            f"Bulk ESS below {ESS_BULK_THRESHOLD:g} (min {lowest:.0f}) for "
+            f"{_name_list([label for label, _ in ess_flagged])}: posterior means and "
+            "intervals are unreliable. Run more draws or chains, or reparameterize the "
+            "model to reduce autocorrelation."
+        )
+
+    if "energy" in stats:
+        values = ebfmi(stats["energy"])
+        low = [chain for chain, value in enumerate(values) if value < EBFMI_THRESHOLD]
+        if low:
+            listed = ", ".join(f"{chain} ({values[chain]:.2f})" for chain in low)
+            messages.append(
+                f"E-BFMI below {EBFMI_THRESHOLD} in chain(s) {listed}: the sampler "
+                "explores the energy distribution poorly, often because of heavy tails "
+                "or a funnel. Reparameterize the model (e.g. reparam='noncentered') or "
+                "use a dense mass matrix."
+            )
+    return messages

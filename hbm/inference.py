@@ -1,0 +1,726 @@
+"""The inference drivers: :func:`sample` (NUTS), :func:`advi`, :func:`find_map`, :func:`fit`.
+
+The drivers turn a :class:`~hbm.model.Model` and its data into the flat log density of
+:class:`~hbm.model.BoundModel` and run the pure kernels of :mod:`hbm.samplers` on it.
+
+NUTS runs many chains at once. Warmup and sampling are each one jitted program, a
+``lax.scan`` over a fixed-size chunk of iterations; Python calls it chunk after chunk, so
+draws reach the host (and the progress bar moves) between chunks while nothing but
+compiled code runs per iteration. The random key of chain ``c`` at iteration ``i`` is
+``fold_in(chain_key[c], i)``, so results do not depend on the chunk size or on whether the
+chains run vectorized (``jax.vmap``), sequentially (``lax.map``) or sharded across devices
+(``jax.shard_map``). Compiled programs are cached per model, data shapes and settings,
+and take the data as an argument: a second run on same-shaped data does not recompile.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hbm.errors import ConfigurationError, HbmError, ModelError
+from hbm.model import BoundModel, Model
+
+CHAIN_METHODS = ("vectorized", "sequential", "sharded")
+#: Pointwise log likelihoods are stored for LOO only below this many numbers.
+MAX_LOG_LIKELIHOOD_SIZE = 20_000_000
+
+
+# --------------------------------------------------------------------- validation
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_model(model):
+    if not isinstance(model, Model):
+        raise ConfigurationError(f"expected an hbm.Model, got {type(model).__name__}")
+
+
+def _bind(model, data, reparam) -> BoundModel:
+    _check_model(model)
+    return model.bind(data, reparam=reparam)
+
+
+def _data_signature(data) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(data)
+    return (treedef, tuple((tuple(jnp.shape(x)), str(jnp.asarray(x).dtype)) for x in leaves))
+
+
+def _reparam_signature(reparam):
+    if isinstance(reparam, str):
+        return reparam
+    return tuple(sorted((k, v if isinstance(v, str) else "partial") for k, v in reparam.items()))
+
+
+def _cached(model, key, build):
+    cache = model._bind_cache
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+# -------------------------------------------------------------------------- NUTS
+class _Programs(NamedTuple):
+    bound: BoundModel
+    warmup_init: object
+    warmup_chunk: object
+    warmup_final: object
+    sample_chunk: object
+    postprocess: object
+
+
+def _chain_mapper(chain_method, num_chains):
+    """Maps a per-chain function over the leading (chain) axis of its mapped arguments."""
+    if chain_method == "vectorized":
+        return lambda f, in_axes: jax.vmap(f, in_axes=in_axes)
+    if chain_method == "sequential":
+        def mapper(f, in_axes):
+            def run(*args):
+                mapped = [a for a, ax in zip(args, in_axes) if ax == 0]
+                fixed = [(i, a) for i, (a, ax) in enumerate(zip(args, in_axes)) if ax != 0]
+
+                def one(xs):
+                    full, it = [], iter(xs)
+                    fixed_map = dict(fixed)
+                    for i in range(len(args)):
+                        full.append(fixed_map[i] if i in fixed_map else next(it))
+                    return f(*full)
+
+                return jax.lax.map(one, tuple(mapped))
+            return run
+        return mapper
+    # sharded: each device runs its share of the chains, vectorized
+    devices = jax.devices()
+    n_dev = len(devices)
+    if num_chains % n_dev != 0:
+        n_dev = math.gcd(num_chains, n_dev)
+        devices = devices[:n_dev]
+    mesh = jax.sharding.Mesh(np.array(devices), ("chains",))
+    P = jax.sharding.PartitionSpec
+
+    def mapper(f, in_axes):
+        vf = jax.vmap(f, in_axes=in_axes)
+        in_specs = tuple(P("chains") if ax == 0 else P() for ax in in_axes)
+        return jax.shard_map(vf, mesh=mesh, in_specs=in_specs, out_specs=P("chains"),
+                             check_vma=False)
+    return mapper
+
+
+def _build_programs(bound: BoundModel, *, num_chains, chunk_size, max_tree_depth,
+                    target_accept, dense_mass, chain_method, thin, store_log_likelihood,
+                    given_step_size):
+    from hbm.samplers import adaptation, nuts
+
+    kernel = nuts.build_kernel(max_tree_depth=max_tree_depth)
+    mapper = _chain_mapper(chain_method, num_chains)
+
+    def logdensity_for(data, weights):
+        return lambda x: bound.logdensity(x, data, weights)
+
+    # ---- warmup
+    def warmup_init_one(key, position, data, weights, step_size):
+        return adaptation.warmup_init(key, position, logdensity_for(data, weights),
+                                      dense_mass=dense_mass, target_accept=target_accept,
+                                      initial_step_size=step_size if given_step_size else None)
+
+    def warmup_chunk_one(state, chain_key, start, data, weights, schedule_arrays):
+        logdensity_fn = logdensity_for(data, weights)
+        num_warmup = schedule_arrays.stage.shape[0]
+
+        def body(carry, i):
+            st = carry
+            it = start + i
+
+            def step(st):
+                key = jax.random.fold_in(chain_key, it)
+                new, info = adaptation.warmup_step(
+                    key, st, logdensity_fn, schedule_arrays, kernel=kernel,
+                    target_accept=target_accept, dense_mass=dense_mass)
+                return new, (info.is_divergent, info.num_steps, new.step_size)
+
+            def skip(st):
+                return st, (jnp.bool_(False), jnp.zeros((), jnp.int32),
+                            jnp.asarray(st.step_size))
+
+            new, stats = jax.lax.cond(it < num_warmup, step, skip, st)
+            return new, stats
+
+        return jax.lax.scan(body, state, jnp.arange(chunk_size))
+
+    def warmup_final_one(state):
+        return adaptation.warmup_final(state)
+
+    # ---- sampling
+    def sample_chunk_one(state, chain_key, start, step_size, inverse_mass_matrix, data,
+                         weights, total):
+        logdensity_fn = logdensity_for(data, weights)
+
+        def transition(st, it):
+            key = jax.random.fold_in(chain_key, it)
+            return kernel(key, st, logdensity_fn, step_size, inverse_mass_matrix)
+
+        def body(st, i):
+            it0 = (start + i) * thin
+
+            def step(st):
+                def inner(carry, j):
+                    s, div, nsteps = carry
+                    s, info = transition(s, it0 + j)
+                    return (s, div | info.is_divergent, nsteps + info.num_steps), info
+                (st, div, nsteps), infos = jax.lax.scan(
+                    inner, (st, jnp.bool_(False), jnp.zeros((), jnp.int32)), jnp.arange(thin))
+                last = jax.tree_util.tree_map(lambda a: a[-1], infos)
+                out = dict(position=st.position, lp=st.logdensity, diverging=div,
+                           tree_depth=last.tree_depth, n_steps=nsteps,
+                           energy=last.energy, acceptance_rate=last.acceptance_rate)
+                return st, out
+
+            def skip(st):
+                out = dict(position=st.position, lp=st.logdensity, diverging=jnp.bool_(False),
+                           tree_depth=jnp.zeros((), jnp.int32), n_steps=jnp.zeros((), jnp.int32),
+                           energy=jnp.zeros_like(st.logdensity),
+                           acceptance_rate=jnp.zeros_like(st.logdensity))
+                return st, out
+
+            return jax.lax.cond(start + i < total, step, skip, st)
+
+        return jax.lax.scan(body, state, jnp.arange(chunk_size))
+
+    # ---- constrained draws and pointwise log likelihood, per chunk
+    def postprocess_one(xs, data, weights):
+        def one(x):
+            params = bound.constrain(x, data, weights)
+            loglik = bound.log_likelihood(params, data) if store_log_likelihood else {}
+            return params, loglik
+        return jax.lax.map(one, xs) if xs.shape[0] > 0 else ({}, {})
+
+    warmup_init = jax.jit(mapper(warmup_init_one, (0, 0, None, None, None)))
+    warmup_chunk = jax.jit(mapper(warmup_chunk_one, (0, 0, None, None, None, None)))
+    warmup_final = jax.jit(mapper(warmup_final_one, (0,)))
+    sample_chunk = jax.jit(mapper(sample_chunk_one, (0, 0, None, 0, 0, None, None, None)))
+    postprocess = jax.jit(jax.vmap(postprocess_one, in_axes=(0, None, None)))
+    return _Programs(bound, warmup_init, warmup_chunk, warmup_final, sample_chunk, postprocess)
+
+
+def _progress_bar(progress, total, desc):
+    from tqdm.auto import tqdm
+
+    enabled = bool(progress) and (progress == "force" or sys.stderr.isatty())
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=True, dynamic_ncols=True)
+
+
+def _initial_positions(bound: BoundModel, key, num_chains, init):
+    if init is None:
+        return bound.init_many(key, num_chains)
+    if not isinstance(init, dict):
+        raise ConfigurationError("init must be a dict parameter name -> value (one value for "
+                                 "all chains, or a leading chain axis)")
+    unknown = set(init) - set(bound.param_names)
+    if unknown:
+        raise ModelError(f"init names unknown parameters {sorted(unknown)}; the model's "
+                         f"parameters are {bound.param_names}")
+    random_start = bound.init_many(key, num_chains)
+    positions = []
+    for c in range(num_chains):
+        params = bound.constrain(random_start[c], deterministic=False)
+        for name, value in init.items():
+            shape = bound.param_shapes[name]
+            value = jnp.asarray(value, dtype=jnp.result_type(float))
+            if value.shape == (num_chains,) + tuple(shape) and value.shape != tuple(shape):
+                value = value[c]
+            if value.shape != tuple(shape):
+                raise ModelError(f"init['{name}'] has shape {value.shape}, expected {shape} "
+                                 f"or {(num_chains,) + tuple(shape)}")
+            node = next(n for n in bound.nodes if n.name == name)
+            if not bool(jnp.all(node.support.check(value))):
+                raise ModelError(f"init['{name}'] lies outside the support ({node.support}) of "
+                                 f"parameter '{name}'")
+            params[name] = value
+        x = bound.unconstrain(params)
+        lp, g = jax.value_and_grad(bound.logdensity)(x)
+        if not (bool(jnp.isfinite(lp)) and bool(jnp.all(jnp.isfinite(g)))):
+            raise ModelError(f"the log density or its gradient is not finite at init (chain {c})")
+        positions.append(x)
+    return jnp.stack(positions)
+
+
+def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draws: int = 1000,
+           seed: int = 0, target_accept: float = 0.8, max_tree_depth: int = 10,
+           dense_mass: bool = False, reparam="noncentered", chain_method: str = "vectorized",
+           init=None, progress=True, thin: int = 1, step_size: float | None = None,
+           chunk_size: int = 100, log_likelihood: bool | None = None, _after_warmup=None):
+    """Draw from the posterior with the No-U-Turn Sampler and Stan's windowed warmup.
+
+    Parameters
+    ----------
+    model, data
+        The :class:`~hbm.Model` and its data (a dict of arrays).
+    chains, warmup, draws, thin
+        Number of chains; warmup iterations; kept draws per chain; keep every ``thin``-th.
+    seed
+        Integer seed; the same seed gives the same draws.
+    target_accept, max_tree_depth, dense_mass
+        Dual-averaging target, NUTS tree depth limit, dense instead of diagonal metric.
+    reparam
+        ``"centered"``, ``"noncentered"`` or a dict per node (see :meth:`Model.bind`).
+    chain_method
+        ``"vectorized"`` (vmap), ``"sequential"`` or ``"sharded"`` (across local devices).
+    init
+        Optional dict of initial values (constrained), one per parameter or per chain.
+    step_size
+        Initial step size (required when ``warmup=0``).
+    chunk_size
+        Iterations per compiled chunk (progress updates and host transfers between chunks).
+    log_likelihood
+        Store the pointwise log likelihood (for LOO); by default when it is not huge.
+
+    Returns
+    -------
+    Fit
+    """
+    from hbm.results import Fit
+
+    chains = _check_int("chains", chains, 1)
+    warmup = _check_int("warmup", warmup, 0)
+    draws = _check_int("draws", draws, 1)
+    thin = _check_int("thin", thin, 1)
+    max_tree_depth = _check_int("max_tree_depth", max_tree_depth, 1)
+    chunk_size = _check_int("chunk_size", chunk_size, 1)
+    seed = _check_int("seed", seed, 0) if not hasattr(seed, "dtype") else seed
+    if not 0.0 < float(target_accept) < 1.0:
+        raise ConfigurationError(f"target_accept must lie in (0, 1), got {target_accept}")
+    if chain_method not in CHAIN_METHODS:
+        raise ConfigurationError(f"chain_method must be one of {CHAIN_METHODS}, got "
+                                 f"{chain_method!r}")
+    if warmup == 0 and step_size is None:
+        raise ConfigurationError("warmup=0 needs a step_size (and uses a unit metric)")
+    if step_size is not None and not (float(step_size) > 0 and math.isfinite(float(step_size))):
+        raise ConfigurationError(f"step_size must be a positive number, got {step_size}")
+
+    bound = _bind(model, data, reparam)
+    if bound.size == 0:
+        raise ModelError("the model has no parameters to sample")
+    if log_likelihood is None:
+        n_obs = sum(int(np.prod(jnp.shape(bound.data[k]))) for k in _observed_keys(bound))
+        log_likelihood = n_obs * chains * draws <= MAX_LOG_LIKELIHOOD_SIZE
+
+    settings = dict(num_chains=chains, chunk_size=chunk_size,
+                    max_tree_depth=max_tree_depth, target_accept=float(target_accept),
+                    dense_mass=bool(dense_mass), chain_method=chain_method, thin=thin,
+                    store_log_likelihood=bool(log_likelihood),
+                    given_step_size=step_size is not None)
+    cache_key = ("nuts", _reparam_signature(reparam), _data_signature(bound.data),
+                 tuple(sorted(settings.items())), jax.config.jax_enable_x64)
+    programs = _cached(model, cache_key, lambda: _build_programs(bound, **settings))
+    data_arg, weights_arg = bound.data, bound.weights
+
+    key = jax.random.PRNGKey(seed)
+    init_key, warmup_key, sample_key = jax.random.split(key, 3)
+    positions = _initial_positions(bound, init_key, chains, init)
+    warmup_keys = jax.random.split(warmup_key, chains)
+    sample_keys = jax.random.split(sample_key, chains)
+    float_dtype = positions.dtype
+
+    times = {}
+    bar = _progress_bar(progress, warmup + draws, "warmup" if warmup else "sampling")
+    warmup_div = 0
+    warmup_steps = 0
+    t0 = time.perf_counter()
+    try:
+        init_step = jnp.asarray(1.0 if step_size is None else float(step_size), float_dtype)
+        if warmup > 0:
+            from hbm.samplers.adaptation import build_schedule
+
+            schedule = jax.tree_util.tree_map(jnp.asarray, build_schedule(warmup))
+            wstate = programs.warmup_init(warmup_keys, positions, data_arg, weights_arg,
+                                          init_step)
+            done = 0
+            chunk_times = []
+            while done < warmup:
+                tc = time.perf_counter()
+                wstate, (div, nsteps, eps) = programs.warmup_chunk(
+                    wstate, warmup_keys, jnp.asarray(done), data_arg, weights_arg, schedule)
+                n = min(chunk_size, warmup - done)
+                div = np.asarray(div)[:, :n]
+                chunk_times.append((time.perf_counter() - tc, n))
+                warmup_div += int(div.sum())
+                warmup_steps += int(np.asarray(nsteps)[:, :n].sum())
+                done += n
+                bar.update(n)
+                bar.set_postfix(divergences=warmup_div,
+                                step_size=f"{float(np.mean(np.asarray(eps)[:, n - 1])):.3g}")
+            eps, inv_mass = programs.warmup_final(wstate)
+            hmc_state = wstate.hmc_state
+        else:
+            from hbm.samplers import nuts
+
+            hmc_state = jax.vmap(lambda x: nuts.init(x, bound.logdensity))(positions)
+            eps = jnp.full((chains,), float(step_size), float_dtype)
+            inv_mass = (jnp.broadcast_to(jnp.eye(bound.size, dtype=float_dtype),
+                                         (chains, bound.size, bound.size))
+                        if dense_mass else jnp.ones((chains, bound.size), float_dtype))
+        jax.block_until_ready(hmc_state)
+        times["warmup"] = time.perf_counter() - t0
+        if _after_warmup is not None and warmup > 0:
+            from hbm.fallback import NUTSDiagnostics
+
+            timed = chunk_times[1:] or chunk_times
+            per_iteration = sum(t for t, _ in timed) / max(1, sum(n for _, n in timed))
+            _after_warmup(NUTSDiagnostics(
+                initialized=True, step_size=float(np.min(np.asarray(eps))),
+                warmup_divergent_fraction=warmup_div / (warmup * chains),
+                seconds_per_warmup_iteration=per_iteration))
+        bar.set_description("sampling")
+
+        t1 = time.perf_counter()
+        chunks = []
+        sample_div = 0
+        done = 0
+        partial_reason = None
+        try:
+            while done < draws:
+                hmc_state, out = programs.sample_chunk(
+                    hmc_state, sample_keys, jnp.asarray(done), eps, inv_mass, data_arg,
+                    weights_arg, jnp.asarray(draws))
+                n = min(chunk_size, draws - done)
+                out = {k: np.asarray(v)[:, :n] for k, v in out.items()}
+                chunks.append(out)
+                sample_div += int(out["diverging"].sum())
+                done += n
+                bar.update(n)
+                bar.set_postfix(divergences=sample_div,
+                                step_size=f"{float(np.mean(np.asarray(eps))):.3g}")
+        except KeyboardInterrupt:
+            partial_reason = f"interrupted by the user after {done} of {draws} draws"
+            if not chunks:
+                raise
+        times["sampling"] = time.perf_counter() - t1
+    finally:
+        bar.close()
+
+    stats = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
+    xs = stats.pop("position")
+    t2 = time.perf_counter()
+    posterior, loglik = _postprocess(programs, xs, data_arg, weights_arg)
+    times["postprocess"] = time.perf_counter() - t2
+    sample_stats = dict(
+        diverging=stats["diverging"].astype(bool),
+        tree_depth=stats["tree_depth"].astype(np.int64),
+        n_steps=stats["n_steps"].astype(np.int64),
+        step_size=np.broadcast_to(np.asarray(eps)[:, None], stats["lp"].shape).copy(),
+        energy=stats["energy"],
+        lp=stats["lp"],
+        acceptance_rate=stats["acceptance_rate"],
+    )
+    info = dict(
+        reparam={k: (v if isinstance(v, str) else np.asarray(v).tolist())
+                 for k, v in bound.reparam.items()},
+        step_size=np.asarray(eps),
+        inverse_mass_matrix=np.asarray(inv_mass),
+        warmup_divergences=warmup_div,
+        warmup_iterations=warmup,
+        warmup_gradient_evaluations=warmup_steps,
+        max_tree_depth=max_tree_depth,
+        target_accept=float(target_accept),
+        dense_mass=bool(dense_mass),
+        chain_method=chain_method,
+        seed=seed,
+        thin=thin,
+        times=times,
+        unconstrained_draws=xs,
+    )
+    fit = Fit(posterior, sample_stats, method="nuts", model=model, data=bound.data,
+              dims=model.dims, coords=model.coords,
+              log_likelihood=loglik if log_likelihood else None,
+              observed_data={k: np.asarray(bound.data[k]) for k in _observed_keys(bound)},
+              info=info)
+    if partial_reason is not None:
+        fit.partial = True
+        fit.info["partial_reason"] = partial_reason
+    fit.warn(stacklevel=3)
+    return fit
+
+
+def _observed_keys(bound: BoundModel) -> list:
+    model = bound.model
+    if model.likelihood is None:
+        return []
+    if not hasattr(bound, "_observed_keys"):
+        p = bound.constrain(jnp.zeros(bound.size), deterministic=False)
+        bound._observed_keys = list(model.likelihood(p, bound.data))
+    return bound._observed_keys
+
+
+def _postprocess(programs, xs, data, weights):
+    """Constrained draws and pointwise log likelihood from flat draws (chain, draw, d)."""
+    params, loglik = programs.postprocess(jnp.asarray(xs), data, weights)
+    params = {k: np.asarray(v) for k, v in params.items()}
+    loglik = {k: np.asarray(v) for k, v in loglik.items()}
+    return params, loglik
+
+
+# -------------------------------------------------------------------- flat helpers
+def _constrain_draws(bound: BoundModel, xs, store_log_likelihood=True):
+    """(n, d) flat unconstrained draws -> posterior dict and log likelihood, (1, n, ...)."""
+    def one(x):
+        params = bound.constrain(x)
+        loglik = bound.log_likelihood(params) if store_log_likelihood else {}
+        return params, loglik
+
+    params, loglik = jax.jit(lambda v: jax.lax.map(one, v))(jnp.asarray(xs))
+    params = {k: np.asarray(v)[None] for k, v in params.items()}
+    loglik = {k: np.asarray(v)[None] for k, v in loglik.items()}
+    return params, loglik
+
+
+def _names_of_indices(bound: BoundModel, indices) -> list[str]:
+    names = []
+    for i in indices:
+        for n in bound.nodes:
+            if n.offset <= i < n.offset + n.size:
+                label = n.name if n.size == 1 else f"{n.name}[{i - n.offset}]"
+                names.append(label)
+    return names
+
+
+def _observed(bound):
+    return {k: np.asarray(bound.data[k]) for k in _observed_keys(bound)}
+
+
+# --------------------------------------------------------------------------- ADVI
+def advi(model: Model, data=None, *, method: str = "meanfield", max_steps: int = 10000,
+         optimizer=None, mc_samples: int = 1, draws: int = 1000, seed: int = 0,
+         progress=True, tol_rel_obj: float = 0.01, reparam="noncentered"):
+    """Automatic differentiation variational inference (Kucukelbir et al. 2017).
+
+    A Gaussian (``"meanfield"`` or ``"fullrank"``) approximation in the unconstrained space,
+    fitted with stick-the-landing gradients; convergence on the relative change of the
+    smoothed ELBO, as in Stan. Returns a :class:`~hbm.results.Fit` (one chain of ``draws``
+    independent draws) whose ``info`` holds the ELBO history, the number of steps, and
+    the Pareto k-hat of PSIS on ``log p - log q`` (above 0.7: the approximation is
+    unreliable, and a warning says so)."""
+    import warnings
+
+    from hbm.diagnostics import HbmWarning
+    from hbm.results import Fit
+    from hbm.samplers import advi as advi_lib
+
+    if method not in ("meanfield", "fullrank"):
+        raise ConfigurationError(f"method must be 'meanfield' or 'fullrank', got {method!r}")
+    max_steps = _check_int("max_steps", max_steps, 1)
+    mc_samples = _check_int("mc_samples", mc_samples, 1)
+    draws = _check_int("draws", draws, 1)
+    seed = _check_int("seed", seed, 0)
+    bound = _bind(model, data, reparam)
+    key = jax.random.PRNGKey(seed)
+    init_key, fit_key, draw_key = jax.random.split(key, 3)
+    x0 = bound.init(init_key)
+    logdensity_fn = partial(_bound_logdensity_with_data, bound, bound.data, bound.weights)
+    bar = _progress_bar(progress, max_steps, f"ADVI ({method})")
+
+    def callback(step, elbo):
+        bar.n = step
+        bar.set_postfix(elbo=f"{elbo:.4g}")
+        bar.refresh()
+
+    t0 = time.perf_counter()
+    try:
+        result = advi_lib.run_advi(fit_key, logdensity_fn, x0, method=method,
+                                   optimizer=optimizer, max_steps=max_steps,
+                                   mc_samples=mc_samples, tol_rel_obj=tol_rel_obj,
+                                   callback=callback)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    xs, log_q = advi_lib.advi_draws(draw_key, result, draws)
+    log_p = jax.jit(jax.vmap(bound.logdensity))(xs)
+    khat = advi_lib.psis_khat(np.asarray(log_p - log_q))
+    posterior, loglik = _constrain_draws(bound, xs)
+    info = dict(
+        advi_method=method, num_steps=int(result.num_steps), converged=bool(result.converged),
+        elbo_history=np.asarray(result.elbo_history), khat=float(khat),
+        learning_rate=float(result.learning_rate) if result.learning_rate is not None
+        else None,
+        mean=np.asarray(result.mean), sd=np.asarray(result.sd),
+        times={"fit": elapsed}, seed=seed,
+    )
+    fit = Fit(posterior, None, method="advi", model=model, data=bound.data,
+              dims=model.dims, coords=model.coords, log_likelihood=loglik,
+              observed_data=_observed(bound), info=info)
+    if not result.converged:
+        warnings.warn(f"ADVI did not converge in {max_steps} steps (relative ELBO change "
+                      f"above {tol_rel_obj}); raise max_steps", HbmWarning, stacklevel=2)
+    if not khat <= 0.7:
+        warnings.warn(f"ADVI's Pareto k-hat is {khat:.2f} > 0.7: the approximation is "
+                      "unreliable for this posterior; use hbm.sample (NUTS)", HbmWarning,
+                      stacklevel=2)
+    return fit
+
+
+def _bound_logdensity_with_data(bound, data, weights, x):
+    return bound.logdensity(x, data, weights)
+
+
+# ----------------------------------------------------------------------- MAP/Laplace
+def find_map(model: Model, data=None, *, jacobian: bool = False, optimizer=None,
+             restarts: int = 4, seed: int = 0, laplace: bool = False, draws: int = 1000,
+             max_iters: int = 2000, tol: float | None = None, reparam=None):
+    """The posterior mode, by L-BFGS from ``restarts`` random initial points.
+
+    ``jacobian=False`` gives the classical MAP (the mode of the density of the model's own
+    constrained parameters); ``jacobian=True`` the mode of the unconstrained density (what
+    a Laplace approximation in unconstrained space is centred on). The classical MAP uses
+    the centered parameterization of hierarchical nodes (it is a property of the model's
+    own parameters); the unconstrained mode depends on the parameterization, which
+    ``reparam`` chooses (default ``"noncentered"``, as :func:`sample`). A mode on the boundary of the parameter space
+    (a group scale driven to zero, or a log density growing without bound) is reported
+    with a warning and in ``info["boundary"]``. With ``laplace=True`` the result holds
+    ``draws`` Gaussian draws from the inverse negative Hessian at the unconstrained mode
+    (which needs ``jacobian=True`` semantics, so the mode is then taken with the Jacobian).
+
+    Returns a :class:`~hbm.results.Fit` with ``method="map"`` (one draw: the mode) or
+    ``"laplace"``; ``fit.params`` is the mode in the model's own parameters.
+    """
+    import warnings
+
+    from hbm.diagnostics import HbmWarning
+    from hbm.results import Fit
+    from hbm.samplers import optimize
+
+    restarts = _check_int("restarts", restarts, 1)
+    draws = _check_int("draws", draws, 1)
+    seed = _check_int("seed", seed, 0)
+    max_iters = _check_int("max_iters", max_iters, 1)
+    if laplace:
+        jacobian = True
+    if not jacobian:
+        if reparam not in (None, "centered"):
+            raise ConfigurationError("the classical MAP (jacobian=False) is defined in the "
+                                     "centered parameterization; leave reparam unset")
+        reparam = "centered"
+    elif reparam is None:
+        reparam = "noncentered"
+    bound = _bind(model, data, reparam)
+    key = jax.random.PRNGKey(seed)
+    init_key, draw_key = jax.random.split(key)
+    inits = bound.init_many(init_key, restarts)
+    logdensity_fn = partial(_bound_logdensity_jac, bound, bool(jacobian))
+    tol = (1e-8 if jax.config.jax_enable_x64 else 1e-4) if tol is None else float(tol)
+    t0 = time.perf_counter()
+    result = optimize.find_mode(logdensity_fn, inits, optimizer=optimizer, max_iters=max_iters,
+                                tol=tol)
+    report = optimize.boundary_report(result, logdensity_fn)
+    elapsed = time.perf_counter() - t0
+    mode_params = {k: np.asarray(v) for k, v in bound.constrain(result.position).items()}
+    restart_params = [bound.constrain(x) for x in result.all_positions]
+    spread = {k: float(np.max(np.ptp(np.stack([np.asarray(r[k]) for r in restart_params]),
+                                      axis=0)))
+              for k in mode_params}
+    boundary = _names_of_indices(bound, report.indices)
+    info = dict(
+        jacobian=bool(jacobian), logdensity=float(result.logdensity),
+        converged=bool(result.converged), num_iterations=np.asarray(result.num_iterations),
+        restart_logdensities=np.asarray(result.all_logdensities), restart_spread=spread,
+        grad_norm=float(np.asarray(result.grad_norm).max()) if np.size(result.grad_norm)
+        else None,
+        boundary=boundary, boundary_reason=report.reason, mode=mode_params,
+        reparam=reparam if isinstance(reparam, str) else "custom",
+        unconstrained_mode=np.asarray(result.position), times={"optimize": elapsed},
+        seed=seed,
+    )
+    if boundary:
+        warnings.warn(f"the mode lies on the boundary of the parameter space for "
+                      f"{', '.join(boundary)}: {report.reason}. The reported mode is only "
+                      "where the optimizer stopped; a group scale whose MAP collapses to 0 "
+                      "is common in hierarchical models - use the posterior (hbm.sample).",
+                      HbmWarning, stacklevel=2)
+    if laplace:
+        xs, cov = optimize.laplace_draws(draw_key, logdensity_fn, result.position, draws)
+        posterior, loglik = _constrain_draws(bound, xs)
+        info["covariance"] = np.asarray(cov)
+        method = "laplace"
+    else:
+        posterior = {k: v[None, None] for k, v in mode_params.items()}
+        loglik = None
+        method = "map"
+    fit = Fit(posterior, None, method=method, model=model, data=bound.data, dims=model.dims,
+              coords=model.coords, log_likelihood=loglik, observed_data=_observed(bound),
+              info=info)
+    fit.params = mode_params
+    return fit
+
+
+def _bound_logdensity_jac(bound, jacobian, x):
+    return bound.logdensity(x, jacobian=jacobian)
+
+
+# ------------------------------------------------------------------------ fit (auto)
+class _FallBack(HbmError):
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def fit(model: Model, data=None, method: str = "auto", *, time_budget: float | None = None,
+        seed: int = 0, advi_method: str = "fullrank", **kwargs):
+    """Fit with ``method``: ``"nuts"``, ``"advi"``, ``"map"``, ``"laplace"`` or ``"auto"``.
+
+    ``"auto"`` runs NUTS and falls back to full-rank ADVI, with a warning, when NUTS cannot
+    start (no finite initial point), when warmup collapses (step size below 1e-8, or more
+    than 20% of warmup transitions divergent), or when the measured warmup speed predicts
+    that the requested draws will not finish within ``time_budget`` seconds. The decision
+    is :func:`hbm.fallback.fallback_reason`; the result records ``fit.method`` and
+    ``fit.fallback_reason``. Extra keyword arguments go to the chosen method."""
+    import warnings
+
+    from hbm.diagnostics import HbmWarning
+    from hbm.errors import InitializationError
+    from hbm.fallback import NUTSDiagnostics, fallback_reason
+
+    methods = ("auto", "nuts", "advi", "map", "laplace")
+    if method not in methods:
+        raise ConfigurationError(f"method must be one of {methods}, got {method!r}")
+    if method == "nuts":
+        return sample(model, data, seed=seed, **kwargs)
+    if method == "advi":
+        return advi(model, data, method=advi_method, seed=seed, **kwargs)
+    if method in ("map", "laplace"):
+        return find_map(model, data, seed=seed, laplace=method == "laplace", **kwargs)
+
+    draws = kwargs.get("draws", 1000) * kwargs.get("thin", 1)
+    start = time.perf_counter()
+
+    def check(diag: NUTSDiagnostics):
+        budget = None if time_budget is None else time_budget - (time.perf_counter() - start)
+        reason = fallback_reason(diag, num_draws=draws, time_budget=budget)
+        if reason is not None:
+            raise _FallBack(reason)
+
+    try:
+        result = sample(model, data, seed=seed, _after_warmup=check, **kwargs)
+        result.fallback_reason = None
+        return result
+    except _FallBack as e:
+        reason = e.reason
+    except InitializationError as e:
+        reason = fallback_reason(NUTSDiagnostics(False, float("nan"), float("nan")),
+                                 num_draws=draws) + f" ({e})"
+    warnings.warn(f"NUTS was abandoned ({reason}); falling back to full-rank ADVI. Treat the "
+                  "result as approximate.", HbmWarning, stacklevel=2)
+    advi_kwargs = {k: kwargs[k] for k in ("draws", "progress") if k in kwargs}
+    result = advi(model, data, method=advi_method, seed=seed, **advi_kwargs)
+    result.fallback_reason = reason
+    result.info["fallback_reason"] = reason
+    result.info["requested_method"] = "auto"
+    return result

@@ -1,0 +1,703 @@
+"""Models as pure functions: an ordered prior DAG plus a likelihood.
+
+A :class:`Model` maps parameter names to distributions (or to functions
+``(params_so_far, data) -> distribution``) and has a likelihood
+``(params, data) -> {data_key: distribution}``. :meth:`Model.bind` validates a data set
+against it, eagerly and before anything is compiled, and returns a :class:`BoundModel`,
+the flat view that samplers and optimizers use:
+
+- ``logdensity(x)``: the log joint density over the *unconstrained* flat vector ``x``,
+  including the log-det Jacobian of every constraint transform;
+- ``constrain(x)`` / ``unconstrain(params)``: between ``x`` and the model's own parameters;
+- ``init(key)``: an initial point drawn uniformly in (-2, 2), retried until finite.
+
+Hierarchical location-scale nodes (a Normal, StudentT, Cauchy, Laplace, Logistic or
+LogNormal whose location or scale depends on other parameters) are reparameterized here,
+in one place. With a centering weight ``w`` per element the sampled coordinate is
+
+    x = w * loc + scale**w * z,   z ~ base (the standard member of the family),
+    theta = loc + scale**(1 - w) * (x - w * loc)
+
+so ``w = 1`` is the centered and ``w = 0`` the non-centered parameterization, and values in
+between are the partially centered ones of Gorinova, Moore & Hoffman (2020), "Automatic
+Reparameterisation of Probabilistic Programs". The density of ``x`` is
+``base.log_prob((x - w loc) / scale**w) - w log(scale)``, an exact change of variables, so
+every choice gives the same posterior over the model's own parameters, which is what is
+always reported.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hbm import constraints
+from hbm.dist.base import Distribution
+from hbm.errors import DataError, InitializationError, ModelError, ModelTypeError
+from hbm.transforms import biject_to
+
+REPARAM_MODES = ("centered", "noncentered")
+
+
+# --------------------------------------------------------------------------- helpers
+class _Params(dict):
+    """The parameters defined so far; reading a later or unknown one is a ModelError."""
+
+    def __init__(self, *args, node: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.node = node
+
+    def __missing__(self, key):
+        where = f"prior node '{self.node}'" if self.node else "the likelihood"
+        raise ModelError(
+            f"{where} reads parameter '{key}', which is not defined before it "
+            f"(defined so far: {sorted(self)}). Prior nodes may only depend on earlier ones."
+        )
+
+
+class _Data(dict):
+    """The data as a dict; a missing key is a DataError naming the reader."""
+
+    def __init__(self, *args, reader: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reader = reader
+
+    def __missing__(self, key):
+        raise DataError(
+            f"{self.reader or 'the model'} reads data key '{key}', which is not in the data "
+            f"(keys: {sorted(self)})"
+        )
+
+    def __getattr__(self, name):  # NamedTuple-style access also works
+        try:
+            return self[name]
+        except DataError as e:
+            raise AttributeError(name) from e
+
+
+def _as_data_dict(data) -> dict:
+    if data is None:
+        return {}
+    if hasattr(data, "_asdict"):
+        data = data._asdict()
+    if not isinstance(data, dict):
+        raise DataError(
+            f"data must be a dict (or NamedTuple) of arrays, got {type(data).__name__}"
+        )
+    return dict(data)
+
+
+def _convert_leaf(key, value):
+    """A numeric array leaf, or a DataError naming the key."""
+    if isinstance(value, (jax.Array, np.ndarray, np.generic, int, float, bool)) or (
+        isinstance(value, (list, tuple))
+    ):
+        try:
+            arr = np.asarray(value) if not isinstance(value, jax.Array) else value
+        except Exception as e:  # ragged lists and the like
+            raise DataError(f"data key '{key}' is not a numeric array: {e}") from e
+        if not isinstance(arr, jax.Array):
+            if arr.dtype == object or not (
+                np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+            ):
+                raise DataError(
+                    f"data key '{key}' is not numeric (dtype {arr.dtype}); encode strings "
+                    "as integer codes first"
+                )
+            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+                bad = np.argwhere(~np.isfinite(arr))
+                raise DataError(
+                    f"data key '{key}' holds {len(bad)} NaN or inf value(s), first at index "
+                    f"{tuple(int(i) for i in bad[0])}; drop or impute them"
+                )
+            return jnp.asarray(arr)
+        if jnp.issubdtype(arr.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(arr))):
+            bad = np.argwhere(~np.isfinite(np.asarray(arr)))
+            raise DataError(
+                f"data key '{key}' holds {len(bad)} NaN or inf value(s), first at index "
+                f"{tuple(int(i) for i in bad[0])}; drop or impute them"
+            )
+        return arr
+    if hasattr(value, "to_numpy"):  # pandas Series / DataFrame column
+        return _convert_leaf(key, value.to_numpy())
+    if hasattr(value, "_asdict") or isinstance(value, dict):
+        inner = _as_data_dict(value)
+        return {k: _convert_leaf(f"{key}.{k}", v) for k, v in inner.items()}
+    raise DataError(f"data key '{key}' is not a numeric array (got {type(value).__name__})")
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_args(dist: Distribution, where: str):
+    """Eagerly check a distribution's parameters against its argument constraints."""
+    for name, constraint in dist.arg_constraints.items():
+        value = getattr(dist, name, None)
+        if value is None or not _is_concrete(value):
+            continue
+        value = jnp.asarray(value)
+        if not jnp.issubdtype(value.dtype, jnp.number) and value.dtype != jnp.bool_:
+            continue
+        try:
+            ok = np.asarray(constraint.check(value))
+        except Exception:
+            continue
+        if not np.all(ok):
+            bad = np.asarray(value)[~ok] if np.ndim(ok) else np.asarray(value)
+            raise ModelError(
+                f"{where}: {type(dist).__name__} parameter '{name}' must be {constraint}, "
+                f"got {np.ravel(bad)[:5].tolist()}"
+            )
+
+
+def _support_violations(dist: Distribution, value) -> np.ndarray:
+    ok = np.asarray(dist.support.check(value))
+    return np.broadcast_to(ok, np.shape(ok))
+
+
+# ----------------------------------------------------------------------- structure
+class Node(NamedTuple):
+    """One prior node after binding: its shapes, support and parameterization."""
+
+    name: str
+    shape: tuple  # constrained shape (batch + event)
+    unconstrained_shape: tuple
+    size: int  # number of unconstrained coordinates
+    offset: int  # position in the flat vector
+    support: Any
+    transform: Any
+    locscale: bool  # a hierarchical location-scale node (can be reparameterized)
+    mode: str  # "centered", "noncentered" or "partial" (weights given at run time)
+
+
+def _node_fn(node) -> Callable:
+    if isinstance(node, Distribution):
+        return lambda p, d: node
+    return node
+
+
+class Model:
+    """A Bayesian model: an ordered prior DAG and a likelihood, as pure functions.
+
+    Parameters
+    ----------
+    prior : dict
+        Ordered mapping of parameter name to a :class:`~hbm.dist.Distribution` or to a
+        function ``(params_so_far, data) -> Distribution``.
+    likelihood : callable, optional
+        ``(params, data) -> {data_key: Distribution}``; each distribution explains the data
+        under that key.
+    dims, coords : dict, optional
+        ArviZ dims (parameter or data key -> axis names) and coords (axis name -> labels).
+    deterministic : dict, optional
+        Derived quantities ``name -> fn(params, data)`` reported with the posterior.
+    """
+
+    def __init__(self, prior, likelihood=None, *, dims=None, coords=None, deterministic=None,
+                 name=None):
+        if not isinstance(prior, dict) or not prior:
+            raise ModelTypeError("prior must be a non-empty dict of name -> distribution or "
+                                 "function (params, data) -> distribution")
+        for key, node in prior.items():
+            if not isinstance(key, str) or not key.isidentifier():
+                raise ModelError(f"prior name {key!r} must be a valid identifier string")
+            if not (isinstance(node, Distribution) or callable(node)):
+                raise ModelTypeError(
+                    f"prior node '{key}' must be a Distribution or a function (params, data) "
+                    f"-> Distribution, got {type(node).__name__}"
+                )
+        if likelihood is not None and not callable(likelihood):
+            raise ModelTypeError("likelihood must be a function (params, data) -> "
+                                 "{data_key: Distribution}")
+        deterministic = dict(deterministic or {})
+        for key, fn in deterministic.items():
+            if not callable(fn):
+                raise ModelTypeError(f"deterministic '{key}' must be a function (params, data)")
+            if key in prior:
+                raise ModelError(f"deterministic '{key}' has the name of a prior node")
+        self.prior = dict(prior)
+        self.likelihood = likelihood
+        self.dims = dict(dims or {})
+        self.coords = dict(coords or {})
+        self.deterministic = deterministic
+        self.name = name or "model"
+        self._logdensity_fn = None  # set by from_logdensity
+        self._param_constraints = None
+        self._param_shapes = None
+        self._bind_cache: dict = {}
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_logdensity(cls, fn, params, shapes=None, *, dims=None, coords=None,
+                        deterministic=None, name=None) -> "Model":
+        """A model given by its log density ``fn(params, data) -> scalar`` over named
+        parameters with the given constraints (default shape ``()``). It gets the
+        constraint transforms but cannot simulate."""
+        if not callable(fn):
+            raise ModelTypeError("from_logdensity needs a function (params, data) -> scalar")
+        if not isinstance(params, dict) or not params:
+            raise ModelTypeError("params must be a non-empty dict name -> constraint")
+        shapes = dict(shapes or {})
+        for key, c in params.items():
+            if not isinstance(c, constraints.Constraint):
+                raise ModelTypeError(f"params['{key}'] must be an hbm.constraints constraint")
+            if c.is_discrete:
+                raise ModelError(f"parameter '{key}' has a discrete constraint {c}; NUTS "
+                                 "samples continuous parameters only")
+        unknown = set(shapes) - set(params)
+        if unknown:
+            raise ModelError(f"shapes names unknown parameters {sorted(unknown)}")
+        model = cls.__new__(cls)
+        model.prior = {k: None for k in params}
+        model.likelihood = None
+        model.dims = dict(dims or {})
+        model.coords = dict(coords or {})
+        model.deterministic = dict(deterministic or {})
+        model.name = name or "model"
+        model._logdensity_fn = fn
+        model._param_constraints = dict(params)
+        model._param_shapes = {k: tuple(np.atleast_1d(shapes[k]).astype(int).tolist())
+                               if shapes.get(k) not in (None, ()) else ()
+                               for k in params}
+        model._bind_cache = {}
+        return model
+
+    @property
+    def can_simulate(self) -> bool:
+        return self._logdensity_fn is None
+
+    @property
+    def param_names(self) -> list[str]:
+        return list(self.prior)
+
+    def __repr__(self):
+        return f"hbm.Model({self.name!r}, params={self.param_names})"
+
+    # ------------------------------------------------------------------ binding
+    def bind(self, data=None, reparam="noncentered") -> "BoundModel":
+        """Validate ``data`` against the model and return its flat view.
+
+        ``reparam`` is ``"centered"``, ``"noncentered"``, or a dict node name -> one of
+        those or an array of centering weights in [0, 1] (partial centering)."""
+        data = _as_data_dict(data)
+        converted = {}
+        for key, value in data.items():
+            if not isinstance(key, str):
+                raise DataError(f"data keys must be strings, got {key!r}")
+            converted[key] = _convert_leaf(key, value)
+        return BoundModel(self, converted, reparam)
+
+    # --------------------------------------------------------------- simulation
+    def simulate(self, key, data=None, params=None) -> dict:
+        """Draw parameters from the prior (unless given) and every likelihood key from
+        its distribution: a prior (or, with ``params``, posterior) predictive draw."""
+        if not self.can_simulate:
+            raise ModelError("a model built with Model.from_logdensity cannot simulate; "
+                             "write it as a prior DAG and likelihood")
+        data = _Data(_as_data_dict(data), reader="the model")
+        p = _Params()
+        for name, node in self.prior.items():
+            key, sub = jax.random.split(key)
+            if params is not None and name in params:
+                p[name] = jnp.asarray(params[name])
+                continue
+            p.node = name
+            d = _node_fn(node)(p, data)
+            p[name] = d.sample(sub)
+        p.node = ""
+        out = dict(p)
+        if self.likelihood is not None:
+            lik = self.likelihood(p, data)
+            for obs_key, d in lik.items():
+                key, sub = jax.random.split(key)
+                shape = d.shape
+                if obs_key in data:
+                    obs_shape = tuple(jnp.shape(data[obs_key]))
+                    extra = len(obs_shape) - len(shape)
+                    sample_shape = obs_shape[:extra] if extra > 0 else ()
+                else:
+                    sample_shape = ()
+                out[obs_key] = d.sample(sub, sample_shape)
+        for name, fn in self.deterministic.items():
+            out[name] = fn(p, data)
+        return out
+
+
+class BoundModel:
+    """A model bound to a data set: the flat unconstrained view used by the samplers.
+
+    Every method is a pure function of its array arguments; ``data`` defaults to the data
+    bound here and ``weights`` (centering weights of partially centered nodes) to the
+    ones chosen at binding, so ``jax.jit(bound.logdensity)`` works as is and a driver can
+    also pass data explicitly to reuse one compiled program across data sets.
+    """
+
+    def __init__(self, model: Model, data: dict, reparam):
+        self.model = model
+        self.data = data
+        self.nodes: list[Node] = []
+        self.weights: dict = {}
+        self.size = 0
+        self._build(reparam)
+
+    # ---------------------------------------------------------------- structure
+    def _build(self, reparam):
+        model, data = self.model, self.data
+        if isinstance(reparam, str):
+            if reparam not in REPARAM_MODES:
+                raise ModelError(f"reparam must be one of {REPARAM_MODES} or a dict, got "
+                                 f"{reparam!r}")
+            per_node = {}
+            default = reparam
+        elif isinstance(reparam, dict):
+            per_node = dict(reparam)
+            default = "noncentered"
+            unknown = set(per_node) - set(model.prior)
+            if unknown:
+                raise ModelError(f"reparam names unknown parameters {sorted(unknown)}")
+        else:
+            raise ModelError("reparam must be 'centered', 'noncentered' or a dict")
+
+        offset = 0
+        if not model.can_simulate:
+            for name, c in model._param_constraints.items():
+                shape = model._param_shapes[name]
+                t = biject_to(c)
+                ushape = tuple(t.inverse_shape(shape))
+                size = int(math.prod(ushape))
+                self.nodes.append(Node(name, shape, ushape, size, offset, c, t, False,
+                                       "centered"))
+                offset += size
+            self.size = offset
+            self._check_density_shape()
+            return
+
+        p = _Params()
+        dview = _Data(data)
+        for name, node in model.prior.items():
+            p.node = name
+            dview.reader = f"prior node '{name}'"
+            d = _node_fn(node)(p, dview)
+            where = f"prior node '{name}'"
+            if not isinstance(d, Distribution):
+                raise ModelTypeError(f"{where} must give a Distribution, got "
+                                     f"{type(d).__name__}")
+            if d.is_discrete:
+                raise ModelError(
+                    f"{where} is a discrete {type(d).__name__}: NUTS samples continuous "
+                    "parameters only; marginalize it out or make it data"
+                )
+            _check_args(d, where)
+            shape = tuple(d.shape)
+            std = d.standardized() if callable(node) and not isinstance(node, Distribution) \
+                else None
+            locscale = std is not None
+            choice = per_node.get(name, default)
+            if locscale:
+                if isinstance(choice, str):
+                    if choice not in REPARAM_MODES:
+                        raise ModelError(f"reparam for '{name}' must be one of "
+                                         f"{REPARAM_MODES} or weights, got {choice!r}")
+                    mode = choice
+                else:
+                    w = jnp.broadcast_to(jnp.asarray(choice, dtype=jnp.result_type(float)),
+                                         shape)
+                    if not bool(jnp.all((w >= 0) & (w <= 1))):
+                        raise ModelError(f"centering weights for '{name}' must lie in [0, 1]")
+                    mode = "partial"
+                    self.weights[name] = w
+                transform = None
+                ushape = shape
+            else:
+                if name in per_node and not isinstance(per_node[name], str):
+                    raise ModelError(f"'{name}' is not a hierarchical location-scale node; "
+                                     "it cannot take centering weights")
+                mode = "centered"
+                transform = biject_to(d.support)
+                ushape = tuple(transform.inverse_shape(shape))
+            size = int(math.prod(ushape))
+            self.nodes.append(Node(name, shape, ushape, size, offset, d.support, transform,
+                                   locscale, mode))
+            offset += size
+            self.size = offset
+            # a valid value for the nodes below: the centre of the unconstrained space
+            if locscale:
+                value = std.loc + std.scale * jnp.zeros(shape)
+                p[name] = jnp.exp(value) if std.link == "exp" else jnp.broadcast_to(value, shape)
+            else:
+                p[name] = transform.forward(jnp.zeros(ushape))
+        p.node = ""
+        self._check_likelihood(p)
+
+    def _check_likelihood(self, p):
+        model, data = self.model, self.data
+        if model.likelihood is None:
+            return
+        lik = model.likelihood(p, _Data(data, reader="the likelihood"))
+        if not isinstance(lik, dict) or not all(isinstance(v, Distribution)
+                                                for v in lik.values()):
+            raise ModelError("the likelihood must return a dict {data_key: Distribution}, "
+                             f"got {type(lik).__name__}"
+                             + ("" if not isinstance(lik, dict) else
+                                f" with values {[type(v).__name__ for v in lik.values()]}"))
+        for key, d in lik.items():
+            if key not in data:
+                raise DataError(f"the likelihood explains data key '{key}', which is not in "
+                                f"the data (keys: {sorted(data)})")
+            if key in model.prior:
+                raise ModelError(f"'{key}' is both a parameter and an observed data key")
+            _check_args(d, f"likelihood of '{key}'")
+            obs = data[key]
+            try:
+                shape = jnp.broadcast_shapes(d.shape, obs.shape)
+            except ValueError:
+                shape = None
+            if shape != tuple(obs.shape):
+                raise DataError(
+                    f"the likelihood of '{key}' has shape {d.shape}, which does not broadcast "
+                    f"to the data's shape {tuple(obs.shape)}"
+                )
+            if not d.is_discrete and not jnp.issubdtype(obs.dtype, jnp.floating):
+                obs = obs.astype(jnp.result_type(float))
+                data[key] = obs
+            if d.is_discrete and jnp.issubdtype(obs.dtype, jnp.floating):
+                if not bool(jnp.all(obs == jnp.floor(obs))):
+                    bad = np.argwhere(np.asarray(obs != jnp.floor(obs)))
+                    raise DataError(f"data key '{key}' must hold integers for the "
+                                    f"{type(d).__name__} likelihood; first non-integer at index "
+                                    f"{tuple(int(i) for i in bad[0])}")
+            ok = _support_violations(d, obs)
+            if not np.all(ok):
+                bad = np.argwhere(~np.broadcast_to(ok, obs.shape))
+                first = tuple(int(i) for i in bad[0])
+                raise DataError(
+                    f"data key '{key}' has {len(bad)} value(s) outside the support "
+                    f"({d.support}) of its {type(d).__name__} likelihood, first at index "
+                    f"{first}: {np.asarray(obs)[first]}"
+                )
+
+    def _check_density_shape(self):
+        x = jnp.zeros(self.size)
+        try:
+            out = jax.eval_shape(self.logdensity, x)
+        except (ModelError, DataError):
+            raise
+        if out.shape != ():
+            raise ModelError(f"the log density must return a scalar, got shape {out.shape}")
+
+    # -------------------------------------------------------------- flat views
+    @property
+    def param_names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    @property
+    def param_shapes(self) -> dict:
+        return {n.name: n.shape for n in self.nodes}
+
+    @property
+    def reparam(self) -> dict:
+        """The parameterization of each hierarchical node: mode, or weights if partial."""
+        return {n.name: (self.weights[n.name] if n.mode == "partial" else n.mode)
+                for n in self.nodes if n.locscale}
+
+    def unravel(self, x) -> dict:
+        """Flat unconstrained vector -> dict of unconstrained arrays."""
+        return {n.name: jnp.reshape(x[n.offset:n.offset + n.size], n.unconstrained_shape)
+                for n in self.nodes}
+
+    def ravel(self, unconstrained: dict):
+        return jnp.concatenate([jnp.ravel(unconstrained[n.name]) for n in self.nodes]) \
+            if self.nodes else jnp.zeros(0)
+
+    # ------------------------------------------------------------------ density
+    def _forward(self, x, data, weights, jacobian=True):
+        """(log density, constrained params, per-term log densities). Without the
+        Jacobian (``jacobian=False``) the density is that of the constrained parameters
+        (for the classical MAP); it is then meant for ``reparam="centered"``."""
+        model = self.model
+        u = self.unravel(x)
+        terms = {}
+        p = _Params()
+        if not model.can_simulate:
+            jac = 0.0
+            for n in self.nodes:
+                p[n.name] = n.transform.forward(u[n.name])
+                jac = jac + jnp.sum(n.transform.log_abs_det_jacobian(u[n.name]))
+            terms["jacobian"] = jac if jacobian else jnp.zeros(())
+            terms["logdensity"] = model._logdensity_fn(dict(p), data)
+            lp = terms["jacobian"] + terms["logdensity"]
+            return lp, dict(p), terms
+        dview = _Data(data)
+        for n in self.nodes:
+            p.node = n.name
+            node = model.prior[n.name]
+            d = _node_fn(node)(p, dview)
+            un = u[n.name]
+            if not n.locscale or n.mode == "centered":
+                if n.locscale:  # centered location-scale: no transform beyond the link
+                    std = d.standardized()
+                    value = jnp.exp(un) if std.link == "exp" else un
+                    z = (un - std.loc) / std.scale
+                    lp_n = jnp.sum(std.base.log_prob(z)) - jnp.sum(
+                        jnp.broadcast_to(jnp.log(std.scale), n.shape))
+                    if std.link == "exp" and not jacobian:
+                        lp_n = lp_n - jnp.sum(un)
+                else:
+                    value = n.transform.forward(un)
+                    lp_n = jnp.sum(d.log_prob(value))
+                    if jacobian:
+                        lp_n = lp_n + jnp.sum(n.transform.log_abs_det_jacobian(un))
+            else:
+                std = d.standardized()
+                if n.mode == "noncentered":
+                    lp_n = jnp.sum(std.base.log_prob(un))
+                    value = std.loc + std.scale * un
+                else:
+                    w = weights[n.name]
+                    log_scale = jnp.log(std.scale)
+                    z = (un - w * std.loc) * jnp.exp(-w * log_scale)
+                    lp_n = jnp.sum(std.base.log_prob(z)) - jnp.sum(
+                        w * jnp.broadcast_to(log_scale, n.shape))
+                    value = std.loc + jnp.exp((1 - w) * log_scale) * (un - w * std.loc)
+                if std.link == "exp":
+                    value = jnp.exp(value)
+                value = jnp.broadcast_to(value, n.shape)
+            terms[n.name] = lp_n
+            p[n.name] = value
+        p.node = ""
+        if model.likelihood is not None:
+            dview.reader = "the likelihood"
+            for key, d in model.likelihood(p, dview).items():
+                terms[key] = jnp.sum(d.log_prob(data[key]))
+        lp = sum(terms.values())
+        return lp, dict(p), terms
+
+    def logdensity(self, x, data=None, weights=None, jacobian=True):
+        """Log joint density at the flat unconstrained point ``x`` (with Jacobians unless
+        ``jacobian=False``)."""
+        data = self.data if data is None else data
+        weights = self.weights if weights is None else weights
+        return self._forward(x, data, weights, jacobian)[0]
+
+    def logdensity_and_grad(self, x, data=None, weights=None):
+        return jax.value_and_grad(self.logdensity)(x, data, weights)
+
+    def log_terms(self, x, data=None, weights=None) -> dict:
+        """Each prior node's and likelihood key's contribution to the log density."""
+        data = self.data if data is None else data
+        weights = self.weights if weights is None else weights
+        return self._forward(x, data, weights)[2]
+
+    def constrain(self, x, data=None, weights=None, deterministic=True) -> dict:
+        """The model's own (constrained) parameters at ``x``, with deterministics."""
+        data = self.data if data is None else data
+        weights = self.weights if weights is None else weights
+        params = self._forward(x, data, weights)[1]
+        if deterministic:
+            for name, fn in self.model.deterministic.items():
+                params[name] = fn(_Params(params, node=name), _Data(data))
+        return params
+
+    def unconstrain(self, params: dict, data=None, weights=None):
+        """Flat unconstrained vector of the given constrained parameters."""
+        data = self.data if data is None else data
+        weights = self.weights if weights is None else weights
+        missing = [n.name for n in self.nodes if n.name not in params]
+        if missing:
+            raise ModelError(f"unconstrain needs every parameter; missing {missing}")
+        p = _Params()
+        parts = []
+        dview = _Data(data)
+        for n in self.nodes:
+            value = jnp.asarray(params[n.name], dtype=jnp.result_type(float))
+            if value.shape != n.shape:
+                raise ModelError(f"parameter '{n.name}' has shape {value.shape}, expected "
+                                 f"{n.shape}")
+            if n.locscale:
+                p.node = n.name
+                std = _node_fn(self.model.prior[n.name])(p, dview).standardized()
+                v = jnp.log(value) if std.link == "exp" else value
+                if n.mode == "centered":
+                    u = v
+                elif n.mode == "noncentered":
+                    u = (v - std.loc) / std.scale
+                else:
+                    w = weights[n.name]
+                    u = (v - std.loc) * jnp.exp(-(1 - w) * jnp.log(std.scale)) + w * std.loc
+                u = jnp.broadcast_to(u, n.shape)
+            else:
+                u = n.transform.inverse(value)
+            parts.append(jnp.ravel(u))
+            p[n.name] = value
+        return jnp.concatenate(parts) if parts else jnp.zeros(0)
+
+    def log_likelihood(self, params: dict, data=None) -> dict:
+        """Pointwise log likelihood of every observed key (shape of the data)."""
+        data = self.data if data is None else data
+        if self.model.likelihood is None:
+            return {}
+        out = {}
+        for key, d in self.model.likelihood(_Params(params), _Data(data)).items():
+            obs = data[key]
+            out[key] = jnp.broadcast_to(d.log_prob(obs), jnp.shape(obs))
+        return out
+
+    # --------------------------------------------------------------------- init
+    def init(self, key, num_tries: int = 100, radius: float = 2.0):
+        """A point drawn uniformly in (-radius, radius) on the unconstrained space, redrawn
+        up to ``num_tries`` times until the log density and its gradient are finite."""
+        return self.init_many(key, 1, num_tries, radius)[0]
+
+    def init_many(self, key, num_points: int, num_tries: int = 100, radius: float = 2.0):
+        """``num_points`` independent initial points, shape (num_points, size)."""
+        cands = jax.random.uniform(key, (num_tries, num_points, self.size),
+                                   minval=-radius, maxval=radius,
+                                   dtype=jnp.result_type(float))
+        ok = _finite_mask(self, cands.reshape(num_tries * num_points, self.size))
+        ok = np.asarray(ok).reshape(num_tries, num_points)
+        if not ok.any(axis=0).all():
+            bad_point = cands[0, int(np.argmin(ok.any(axis=0)))]
+            terms = {k: float(v) for k, v in self.log_terms(bad_point).items()}
+            nonfinite = [k for k, v in terms.items() if not math.isfinite(v)]
+            grad = jax.grad(self.logdensity)(bad_point)
+            raise InitializationError(
+                f"no initial point with a finite log density and gradient in {num_tries} "
+                f"tries; non-finite terms: {nonfinite or 'none (the gradient is not finite: '}"
+                f"{'' if nonfinite else str(self._nonfinite_grad_params(grad)) + ')'}"
+            )
+        first = np.argmax(ok, axis=0)
+        return cands[first, np.arange(num_points)]
+
+    def _nonfinite_grad_params(self, grad):
+        g = self.unravel(grad)
+        return [k for k, v in g.items() if not bool(jnp.all(jnp.isfinite(v)))]
+
+    def check_init(self, params: dict):
+        """Validate a user-supplied initial point (names, shapes, support) -> flat x."""
+        unknown = set(params) - set(self.param_names)
+        if unknown:
+            raise ModelError(f"init names unknown parameters {sorted(unknown)}; the model's "
+                             f"parameters are {self.param_names}")
+        for n in self.nodes:
+            if n.name in params:
+                value = jnp.asarray(params[n.name])
+                if value.shape != n.shape:
+                    raise ModelError(f"init['{n.name}'] has shape {value.shape}, expected "
+                                     f"{n.shape}")
+                if not n.locscale and not bool(jnp.all(n.support.check(value))):
+                    raise ModelError(f"init['{n.name}'] lies outside the support "
+                                     f"({n.support})")
+        return params
+
+
+def _finite_mask(bound: BoundModel, xs):
+    def ok(x):
+        lp, g = jax.value_and_grad(bound.logdensity)(x)
+        return jnp.isfinite(lp) & jnp.all(jnp.isfinite(g))
+
+    return jax.jit(jax.vmap(ok))(xs)

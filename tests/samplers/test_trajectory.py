@@ -1,0 +1,109 @@
+"""The iterative NUTS tree equals the recursive reference, case by case."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hbm.samplers import build_kernel, init
+from hbm.samplers.reference import reference_kernel
+
+from ._helpers import correlated_gaussian, funnel, logistic_regression
+
+MAX_TREE_DEPTH = 7
+NUM_CASES = 50
+
+
+def _targets():
+    gaussian, _ = correlated_gaussian(dim=5)
+    return {
+        "correlated_gaussian": (gaussian, 5, 1.0),
+        "funnel": (funnel(5), 5, 1.5),
+        "logistic_regression": (logistic_regression(), 4, 0.5),
+    }
+
+
+def _cases(dim, spread, seed, num_cases):
+    rng = np.random.default_rng(seed)
+    positions = rng.normal(scale=spread, size=(num_cases, dim))
+    # log-uniform step sizes from far below to far above the stable range
+    step_sizes = np.exp(rng.uniform(np.log(1e-3), np.log(8.0), size=num_cases))
+    step_sizes[:3] = [1e-4, 10.0, 0.2]  # guaranteed max depth / divergence / typical
+    inverse_masses = np.exp(rng.uniform(-1.0, 1.0, size=(num_cases, dim)))
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_cases)
+    return keys, positions, step_sizes, inverse_masses
+
+
+def _compare(new, info, ref_state, ref_info):
+    np.testing.assert_allclose(new.position, ref_state.position, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(new.logdensity, ref_state.logdensity, rtol=1e-6, atol=1e-10)
+    assert int(info.tree_depth) == ref_info.tree_depth
+    assert int(info.num_steps) == ref_info.num_steps
+    assert bool(info.is_divergent) == ref_info.is_divergent
+    assert bool(info.is_turning) == ref_info.is_turning
+    np.testing.assert_allclose(info.acceptance_rate, ref_info.acceptance_rate, rtol=1e-6)
+    np.testing.assert_allclose(info.energy, ref_info.energy, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["correlated_gaussian", "funnel", "logistic_regression"])
+def test_iterative_tree_equals_recursive_reference(name):
+    logdensity, dim, spread = _targets()[name]
+    keys, positions, step_sizes, inverse_masses = _cases(dim, spread, 7, NUM_CASES)
+    kernel = build_kernel(max_tree_depth=MAX_TREE_DEPTH)
+
+    def one(key, position, step_size, inverse_mass):
+        return kernel(key, init(position, logdensity), logdensity, step_size, inverse_mass)
+
+    new, info = jax.jit(jax.vmap(one))(keys, positions, step_sizes, inverse_masses)
+    events = {"turning": 0, "max_depth": 0, "divergent": 0}
+    for c in range(NUM_CASES):
+        state = init(jnp.asarray(positions[c]), logdensity)
+        ref_state, ref_info = reference_kernel(
+            keys[c],
+            state,
+            logdensity,
+            step_sizes[c],
+            inverse_masses[c],
+            max_tree_depth=MAX_TREE_DEPTH,
+        )
+        case = jax.tree.map(lambda a: a[c], (new, info))
+        _compare(*case, ref_state, ref_info)
+        events["turning"] += ref_info.is_turning
+        events["divergent"] += ref_info.is_divergent
+        events["max_depth"] += ref_info.tree_depth == MAX_TREE_DEPTH
+    assert all(count > 0 for count in events.values()), events
+
+
+def test_iterative_tree_equals_reference_with_dense_metric():
+    logdensity, cov = correlated_gaussian(dim=5)
+    keys, positions, step_sizes, _ = _cases(5, 1.0, 11, 20)
+    kernel = jax.jit(build_kernel(max_tree_depth=MAX_TREE_DEPTH), static_argnums=2)
+    dense = jnp.asarray(0.7 * cov + 0.1 * np.eye(5))  # deliberately not the exact covariance
+    events = {"turning": 0, "max_depth": 0, "divergent": 0}
+    for c in range(20):
+        state = init(jnp.asarray(positions[c]), logdensity)
+        new, info = kernel(keys[c], state, logdensity, step_sizes[c], dense)
+        ref_state, ref_info = reference_kernel(
+            keys[c], state, logdensity, step_sizes[c], dense, max_tree_depth=MAX_TREE_DEPTH
+        )
+        _compare(new, info, ref_state, ref_info)
+        events["turning"] += ref_info.is_turning
+        events["divergent"] += ref_info.is_divergent
+        events["max_depth"] += ref_info.tree_depth == MAX_TREE_DEPTH
+    assert all(count > 0 for count in events.values()), events
+
+
+def test_deep_trees_agree_at_default_depth():
+    """A few long trajectories at max_tree_depth=10 exercise the high checkpoint slots."""
+    logdensity, _ = correlated_gaussian(dim=3, seed=3)
+    kernel = jax.jit(build_kernel(max_tree_depth=10), static_argnums=2)
+    rng = np.random.default_rng(5)
+    depths = []
+    for c, step_size in enumerate([2e-3, 5e-3, 1e-2]):
+        key = jax.random.PRNGKey(100 + c)
+        state = init(jnp.asarray(rng.normal(size=3)), logdensity)
+        new, info = kernel(key, state, logdensity, step_size, jnp.ones(3))
+        ref_state, ref_info = reference_kernel(key, state, logdensity, step_size, jnp.ones(3))
+        _compare(new, info, ref_state, ref_info)
+        depths.append(ref_info.tree_depth)
+    assert max(depths) >= 8, depths

@@ -1,0 +1,298 @@
+"""Tests for hbm.diagnostics: exact reports, E-BFMI, Pareto k-hat and the warnings."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from hbm import diagnostics
+from hbm.diagnostics import (
+    HbmWarning,
+    diagnose,
+    divergence_report,
+    ebfmi,
+    element_labels,
+    ess_bulk_by_element,
+    load_arviz,
+    pareto_khat,
+    rhat_by_element,
+    treedepth_report,
+)
+from hbm.errors import DataError
+from hbm.results import Fit
+
+CHAINS, DRAWS = 4, 1000
+
+
+def ar1(rng, rho, shape):
+    """Stationary AR(1) series with unit marginal variance along axis 1."""
+    noise = rng.normal(size=shape)
+    out = np.empty(shape)
+    out[:, 0] = noise[:, 0]
+    scale = np.sqrt(1.0 - rho**2)
+    for t in range(1, shape[1]):
+        out[:, t] = rho * out[:, t - 1] + scale * noise[:, t]
+    return out
+
+
+def clean_stats(rng):
+    return {
+        "diverging": np.zeros((CHAINS, DRAWS), dtype=bool),
+        "tree_depth": np.full((CHAINS, DRAWS), 3),
+        "n_steps": np.full((CHAINS, DRAWS), 7),
+        "step_size": np.full((CHAINS, DRAWS), 0.5),
+        "energy": rng.normal(size=(CHAINS, DRAWS)),
+        "lp": rng.normal(size=(CHAINS, DRAWS)),
+        "acceptance_rate": np.full((CHAINS, DRAWS), 0.8),
+    }
+
+
+def clean_posterior(rng):
+    return {
+        "mu": rng.normal(size=(CHAINS, DRAWS)),
+        "theta": rng.normal(size=(CHAINS, DRAWS, 3)),
+    }
+
+
+def nuts_fit(posterior, stats, **kwargs):
+    kwargs.setdefault("dims", {"theta": ("school",)})
+    kwargs.setdefault("coords", {"school": ["A", "B", "C"]})
+    return Fit(posterior, stats, method="nuts", **kwargs)
+
+
+def only(messages, prefix):
+    found = [m for m in messages if m.startswith(prefix)]
+    assert len(found) == 1, messages
+    return found[0]
+
+
+def listed(message):
+    """The parameter labels a R-hat or ESS message lists ("... for a, b: advice")."""
+    return message.split(" for ", 1)[1].split(": ", 1)[0].split(", ")
+
+
+# --------------------------------------------------------------- exact reports
+def test_divergence_report_counts_exactly():
+    diverging = np.zeros((3, 10), dtype=bool)
+    diverging[0, [1, 4]] = True
+    diverging[2, 9] = True
+    report = divergence_report({"diverging": diverging})
+    assert report.count == 3
+    assert report.total == 30
+    assert report.fraction == pytest.approx(0.1, abs=0, rel=1e-15)
+    np.testing.assert_array_equal(report.per_chain, [2, 0, 1])
+
+
+def test_treedepth_report_counts_depth_at_or_above_max():
+    depth = np.array([[10, 9, 10, 3], [9, 9, 9, 11]])
+    report = treedepth_report({"tree_depth": depth}, max_tree_depth=10)
+    assert (report.count, report.total, report.max_tree_depth) == (3, 8, 10)
+    np.testing.assert_array_equal(report.per_chain, [2, 1])
+
+
+def test_reports_reject_wrong_shapes():
+    with pytest.raises(DataError):
+        divergence_report({"diverging": np.zeros((2, 3, 4), dtype=bool)})
+
+
+def test_ebfmi_matches_hand_formula():
+    energy = np.array([[1.0, 2.0, 4.0], [0.0, 0.0, 3.0]])
+    # chain 0: diffs 1, 2 -> 5; deviations from 7/3 -> 42/9. chain 1: 9 / 6.
+    np.testing.assert_allclose(ebfmi(energy), [15.0 / 14.0, 1.5], rtol=1e-15)
+    np.testing.assert_allclose(ebfmi(energy[0]), [15.0 / 14.0], rtol=1e-15)
+
+
+def test_ebfmi_constant_energy_is_nan():
+    assert np.isnan(ebfmi(np.ones((1, 5)))[0])
+
+
+def test_ebfmi_agrees_with_arviz_bfmi():
+    # ArviZ: mean(diff^2) / var(ddof=1) = sum(diff^2) / sum(dev^2), the same estimator.
+    arviz = load_arviz()
+    energy = np.random.default_rng(1).normal(size=(3, 200))
+    np.testing.assert_allclose(ebfmi(energy), np.asarray(arviz.bfmi(energy)), rtol=1e-12)
+
+
+def test_ebfmi_of_iid_energy_is_two():
+    # For iid energies E[sum diff^2] / E[sum dev^2] = 2(N-1) / (N-1) = 2.
+    rng = np.random.default_rng(2)
+    values = ebfmi(rng.normal(size=(200, 1000)))
+    z = (values.mean() - 2.0) / (values.std(ddof=1) / np.sqrt(values.size))
+    assert abs(z) < 3.5
+
+
+@pytest.mark.parametrize("k", [0.3, 0.8])
+def test_pareto_khat_recovers_tail_shape(k):
+    # w = U^(-k) has P(w > t) = t^(-1/k): a Pareto tail with shape k.
+    rng = np.random.default_rng(3)
+    draws = 4000
+    log_ratios = -k * np.log(rng.uniform(size=draws))
+    khat = pareto_khat(log_ratios)
+    tail = int(np.ceil(min(0.2 * draws, 3 * np.sqrt(draws))))
+    standard_error = (1.0 + k) / np.sqrt(tail)  # asymptotic s.e. of the GPD shape
+    assert abs(khat - k) / standard_error < 3.5
+
+
+def test_pareto_khat_matches_arviz_psislw():
+    arviz = load_arviz()
+    log_ratios = np.random.default_rng(4).standard_t(3, size=2000)
+    if diagnostics.arviz_major_version(arviz) >= 1:
+        pytest.skip("direct comparison written for arviz.psislw (ArviZ 0.x)")
+    _, expected = arviz.psislw(log_ratios.copy(), reff=1.0)
+    assert pareto_khat(log_ratios) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_pareto_khat_special_cases():
+    assert pareto_khat(np.zeros(100)) == -np.inf
+    assert pareto_khat(np.array([0.0, np.nan, 1.0])) == np.inf
+    assert pareto_khat(np.array([0.0, np.inf, 1.0])) == np.inf
+    assert pareto_khat(np.array([])) == np.inf
+
+
+def test_element_labels():
+    assert element_labels("mu", ()) == ["mu"]
+    assert element_labels("theta", (3,)) == ["theta[0]", "theta[1]", "theta[2]"]
+    assert element_labels("theta", (2,), ("school",), {"school": ["A", "B"]}) == [
+        "theta[A]",
+        "theta[B]",
+    ]
+    assert element_labels("S", (2, 2), ("row",), {"row": ["a", "b"]}) == [
+        "S[a, 0]",
+        "S[a, 1]",
+        "S[b, 0]",
+        "S[b, 1]",
+    ]
+
+
+def test_rhat_and_ess_by_element_match_arviz_per_element():
+    arviz = load_arviz()
+    rng = np.random.default_rng(5)
+    posterior = {"theta": rng.normal(size=(4, 100, 2, 3)), "mu": rng.normal(size=(4, 100))}
+    rhat = rhat_by_element(posterior)
+    ess = ess_bulk_by_element(posterior)
+    assert rhat["theta"].shape == (2, 3) and rhat["mu"].shape == ()
+    for i, j in np.ndindex(2, 3):
+        element = posterior["theta"][:, :, i, j]
+        assert rhat["theta"][i, j] == pytest.approx(float(arviz.rhat(element)), rel=1e-12)
+        assert ess["theta"][i, j] == pytest.approx(
+            float(arviz.ess(element, method="bulk")), rel=1e-12
+        )
+
+
+# ----------------------------------------------------------------- diagnose
+def test_clean_nuts_fit_has_no_warnings():
+    rng = np.random.default_rng(10)
+    fit = nuts_fit(clean_posterior(rng), clean_stats(rng))
+    assert diagnose(fit) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HbmWarning)
+        assert fit.warn() == []
+
+
+def test_divergences_warning_gives_count_percent_and_advice():
+    rng = np.random.default_rng(11)
+    stats = clean_stats(rng)
+    stats["diverging"][1, :5] = True
+    stats["diverging"][3, 100:102] = True
+    messages = diagnose(nuts_fit(clean_posterior(rng), stats, info={"target_accept": 0.8}))
+    message = only(messages, "7 of 4000 transitions")
+    assert "(0.2%)" in message
+    assert "target_accept" in message and "0.8" in message
+    assert "reparameterize" in message
+    assert len(messages) == 1
+
+
+def test_treedepth_warning_uses_max_tree_depth_from_info():
+    rng = np.random.default_rng(12)
+    stats = clean_stats(rng)
+    stats["tree_depth"][:] = 7
+    stats["tree_depth"][0, :5] = 8
+    posterior = clean_posterior(rng)
+    # Default limit 10: depth 8 is not saturated.
+    assert diagnose(nuts_fit(posterior, stats)) == []
+    messages = diagnose(nuts_fit(posterior, stats, info={"max_tree_depth": 8}))
+    message = only(messages, "5 of 4000 transitions")
+    assert "maximum tree depth 8" in message and "max_tree_depth" in message
+    assert len(messages) == 1
+
+
+def test_rhat_warning_names_only_the_shifted_parameter():
+    rng = np.random.default_rng(13)
+    posterior = clean_posterior(rng)
+    posterior["theta"][0, :, 1] += 2.0
+    fit = nuts_fit(posterior, clean_stats(rng))
+    message = only(diagnose(fit), "R-hat above 1.01")
+    assert listed(message) == ["theta[B]"]
+    rhat = rhat_by_element(posterior)
+    assert rhat["theta"][1] > 1.01 and rhat["mu"] < 1.01
+
+
+def test_rhat_warning_without_coords_uses_integer_labels():
+    rng = np.random.default_rng(14)
+    posterior = clean_posterior(rng)
+    posterior["theta"][2, :, 0] -= 3.0
+    fit = Fit(posterior, clean_stats(rng), method="nuts")
+    message = only(diagnose(fit), "R-hat above 1.01")
+    assert listed(message) == ["theta[0]"]
+
+
+def test_low_ess_warning_names_the_autocorrelated_parameter():
+    rng = np.random.default_rng(15)
+    posterior = clean_posterior(rng)
+    posterior["tau"] = ar1(rng, 0.99, (CHAINS, DRAWS))
+    fit = nuts_fit(posterior, clean_stats(rng))
+    message = only(diagnose(fit), "Bulk ESS below 400")
+    assert listed(message) == ["tau"]
+    assert ess_bulk_by_element(posterior)["tau"] < 400
+
+
+def test_low_ebfmi_warning_names_the_chain():
+    rng = np.random.default_rng(16)
+    stats = clean_stats(rng)
+    stats["energy"][2] = ar1(rng, 0.95, (1, DRAWS))[0]
+    values = ebfmi(stats["energy"])
+    assert values[2] < 0.3 and np.all(np.delete(values, 2) > 0.3)
+    messages = diagnose(nuts_fit(clean_posterior(rng), stats))
+    message = only(messages, "E-BFMI below 0.3")
+    assert f"chain(s) 2 ({values[2]:.2f})" in message
+    assert "Reparameterize" in message
+    assert len(messages) == 1
+
+
+@pytest.mark.parametrize("method", ["advi", "laplace", "map"])
+def test_non_nuts_fits_get_no_warnings(method):
+    rng = np.random.default_rng(17)
+    posterior = clean_posterior(rng)
+    posterior["theta"][0, :, 1] += 2.0
+    posterior["tau"] = ar1(rng, 0.99, (CHAINS, DRAWS))
+    stats = clean_stats(rng)
+    stats["diverging"][:] = True
+    stats["tree_depth"][:] = 10
+    stats["energy"] = ar1(rng, 0.95, (CHAINS, DRAWS))
+    fit = Fit(posterior, stats, method=method)
+    assert diagnose(fit) == []
+    # The same arrays from NUTS trigger all five warnings.
+    assert len(diagnose(Fit(posterior, stats, method="nuts"))) == 5
+
+
+def test_warn_emits_each_message_as_hbm_warning():
+    rng = np.random.default_rng(18)
+    stats = clean_stats(rng)
+    stats["diverging"][0, 0] = True
+    stats["tree_depth"][1, 1] = 10
+    fit = nuts_fit(clean_posterior(rng), stats)
+    with pytest.warns(HbmWarning) as record:
+        messages = fit.warn()
+    assert len(messages) == 2
+    assert [str(w.message) for w in record if w.category is HbmWarning] == messages
+    assert issubclass(HbmWarning, UserWarning)
+
+
+def test_long_parameter_lists_are_truncated():
+    rng = np.random.default_rng(19)
+    posterior = {"z": rng.normal(size=(CHAINS, DRAWS, 15))}
+    posterior["z"][0] += 3.0
+    message = only(diagnose(Fit(posterior, clean_stats(rng), method="nuts")), "R-hat")
+    names = listed(message)
+    assert names[:9] == [f"z[{i}]" for i in range(9)]
+    assert names[9] == "z[9] and 5 more"
