@@ -31,6 +31,8 @@ from hbm.model import BoundModel, Model
 CHAIN_METHODS = ("vectorized", "sequential", "sharded")
 #: Pointwise log likelihoods are stored for LOO only below this many numbers.
 MAX_LOG_LIKELIHOOD_SIZE = 20_000_000
+#: ``reparam="auto"`` needs this much warmup (else it samples non-centered).
+AUTO_REPARAM_MIN_WARMUP = 150
 
 
 # --------------------------------------------------------------------- validation
@@ -73,10 +75,8 @@ def _cached(model, key, build):
 # -------------------------------------------------------------------------- NUTS
 class _Programs(NamedTuple):
     bound: BoundModel
-    warmup_init: object
-    warmup_chunk: object
-    warmup_final: object
-    sample_chunk: object
+    init: object
+    chunk: object
     postprocess: object
 
 
@@ -118,8 +118,11 @@ def _chain_mapper(chain_method, num_chains):
 
 
 def _build_programs(bound: BoundModel, *, num_chains, chunk_size, max_tree_depth,
-                    target_accept, dense_mass, chain_method, thin, store_log_likelihood,
+                    target_accept, dense_mass, chain_method, store_log_likelihood,
                     given_step_size):
+    """The compiled programs of a NUTS run: per-chain initialization, and one chunk program
+    that serves both warmup (``adapt=True``: Stan's adaptation after each transition) and
+    sampling (``adapt=False``), so the NUTS kernel is compiled once."""
     from hbm.samplers import adaptation, nuts
 
     kernel = nuts.build_kernel(max_tree_depth=max_tree_depth)
@@ -128,89 +131,111 @@ def _build_programs(bound: BoundModel, *, num_chains, chunk_size, max_tree_depth
     def logdensity_for(data, weights):
         return lambda x: bound.logdensity(x, data, weights)
 
-    # ---- warmup
-    def warmup_init_one(key, position, data, weights, step_size):
+    def init_one(key, position, data, weights, step_size):
         return adaptation.warmup_init(key, position, logdensity_for(data, weights),
                                       dense_mass=dense_mass, target_accept=target_accept,
                                       initial_step_size=step_size if given_step_size else None)
 
-    def warmup_chunk_one(state, chain_key, start, data, weights, schedule_arrays):
+    def chunk_one(ws, chain_key, start, total, adapt, stage, window_end, data, weights):
+        """``chunk_size`` iterations from iteration ``start`` of a phase of ``total``;
+        ``stage``/``window_end`` are this chunk's slice of the warmup schedule."""
         logdensity_fn = logdensity_for(data, weights)
-        num_warmup = schedule_arrays.stage.shape[0]
 
-        def body(carry, i):
-            st = carry
+        def body(ws, i):
             it = start + i
 
-            def step(st):
-                key = jax.random.fold_in(chain_key, it)
-                new, info = adaptation.warmup_step(
-                    key, st, logdensity_fn, schedule_arrays, kernel=kernel,
-                    target_accept=target_accept, dense_mass=dense_mass)
-                return new, (info.is_divergent, info.num_steps, new.step_size)
+            def step(ws):
+                kernel_key, adapt_key = jax.random.split(jax.random.fold_in(chain_key, it))
+                hmc, info = kernel(kernel_key, ws.hmc_state, logdensity_fn, ws.step_size,
+                                   ws.inverse_mass_matrix)
+                new = jax.lax.cond(
+                    adapt,
+                    lambda: adaptation.warmup_adapt(
+                        adapt_key, ws, hmc, info, logdensity_fn, stage[i], window_end[i],
+                        it == total - 1, target_accept=target_accept, dense_mass=dense_mass),
+                    lambda: ws._replace(hmc_state=hmc, iteration=ws.iteration + 1))
+                out = dict(position=hmc.position, lp=hmc.logdensity,
+                           diverging=info.is_divergent, tree_depth=info.tree_depth,
+                           n_steps=info.num_steps, energy=info.energy,
+                           acceptance_rate=info.acceptance_rate, step_size=ws.step_size)
+                return new, out
 
-            def skip(st):
-                return st, (jnp.bool_(False), jnp.zeros((), jnp.int32),
-                            jnp.asarray(st.step_size))
+            def skip(ws):
+                zero = jnp.zeros_like(ws.hmc_state.logdensity)
+                out = dict(position=ws.hmc_state.position, lp=ws.hmc_state.logdensity,
+                           diverging=jnp.bool_(False), tree_depth=jnp.zeros((), jnp.int32),
+                           n_steps=jnp.zeros((), jnp.int32), energy=zero,
+                           acceptance_rate=zero, step_size=ws.step_size)
+                return ws, out
 
-            new, stats = jax.lax.cond(it < num_warmup, step, skip, st)
-            return new, stats
+            return jax.lax.cond(it < total, step, skip, ws)
 
-        return jax.lax.scan(body, state, jnp.arange(chunk_size))
+        return jax.lax.scan(body, ws, jnp.arange(chunk_size))
 
-    def warmup_final_one(state):
-        return adaptation.warmup_final(state)
-
-    # ---- sampling
-    def sample_chunk_one(state, chain_key, start, step_size, inverse_mass_matrix, data,
-                         weights, total):
-        logdensity_fn = logdensity_for(data, weights)
-
-        def transition(st, it):
-            key = jax.random.fold_in(chain_key, it)
-            return kernel(key, st, logdensity_fn, step_size, inverse_mass_matrix)
-
-        def body(st, i):
-            it0 = (start + i) * thin
-
-            def step(st):
-                def inner(carry, j):
-                    s, div, nsteps = carry
-                    s, info = transition(s, it0 + j)
-                    return (s, div | info.is_divergent, nsteps + info.num_steps), info
-                (st, div, nsteps), infos = jax.lax.scan(
-                    inner, (st, jnp.bool_(False), jnp.zeros((), jnp.int32)), jnp.arange(thin))
-                last = jax.tree_util.tree_map(lambda a: a[-1], infos)
-                out = dict(position=st.position, lp=st.logdensity, diverging=div,
-                           tree_depth=last.tree_depth, n_steps=nsteps,
-                           energy=last.energy, acceptance_rate=last.acceptance_rate)
-                return st, out
-
-            def skip(st):
-                out = dict(position=st.position, lp=st.logdensity, diverging=jnp.bool_(False),
-                           tree_depth=jnp.zeros((), jnp.int32), n_steps=jnp.zeros((), jnp.int32),
-                           energy=jnp.zeros_like(st.logdensity),
-                           acceptance_rate=jnp.zeros_like(st.logdensity))
-                return st, out
-
-            return jax.lax.cond(start + i < total, step, skip, st)
-
-        return jax.lax.scan(body, state, jnp.arange(chunk_size))
-
-    # ---- constrained draws and pointwise log likelihood, per chunk
     def postprocess_one(xs, data, weights):
         def one(x):
             params = bound.constrain(x, data, weights)
             loglik = bound.log_likelihood(params, data) if store_log_likelihood else {}
             return params, loglik
-        return jax.lax.map(one, xs) if xs.shape[0] > 0 else ({}, {})
+        return jax.lax.map(one, xs)
 
-    warmup_init = jax.jit(mapper(warmup_init_one, (0, 0, None, None, None)))
-    warmup_chunk = jax.jit(mapper(warmup_chunk_one, (0, 0, None, None, None, None)))
-    warmup_final = jax.jit(mapper(warmup_final_one, (0,)))
-    sample_chunk = jax.jit(mapper(sample_chunk_one, (0, 0, None, 0, 0, None, None, None)))
+    init = jax.jit(mapper(init_one, (0, 0, None, None, None)))
+    chunk = jax.jit(mapper(chunk_one, (0, 0, None, None, None, None, None, None, None)))
     postprocess = jax.jit(jax.vmap(postprocess_one, in_axes=(0, None, None)))
-    return _Programs(bound, warmup_init, warmup_chunk, warmup_final, sample_chunk, postprocess)
+    return _Programs(bound, init, chunk, postprocess)
+
+
+def _run_phase(programs, ws, keys, n_iter, *, adapt, data, weights, chunk_size, bar,
+               on_chunk=None, thin=1, collect=True):
+    """Run ``n_iter`` iterations of one phase (warmup: ``adapt=True``) chunk by chunk.
+
+    Returns the final state and the per-iteration outputs on the host (thinned: every
+    ``thin``-th position, diverging/n_steps aggregated over each thinning window)."""
+    from hbm.samplers.adaptation import build_schedule
+
+    if adapt:
+        schedule = build_schedule(n_iter)
+        pad = (-n_iter) % chunk_size
+        stage = np.concatenate([schedule.stage, np.zeros(pad, np.int32)])
+        window_end = np.concatenate([schedule.window_end, np.zeros(pad, bool)])
+    else:
+        stage = np.zeros(chunk_size, np.int32)
+        window_end = np.zeros(chunk_size, bool)
+    outputs = []
+    done = 0
+    divergences = 0
+    while done < n_iter:
+        sl = slice(done, done + chunk_size) if adapt else slice(0, chunk_size)
+        t0 = time.perf_counter()
+        ws, out = programs.chunk(ws, keys, jnp.asarray(done), jnp.asarray(n_iter),
+                                 jnp.asarray(adapt), jnp.asarray(stage[sl]),
+                                 jnp.asarray(window_end[sl]), data, weights)
+        n = min(chunk_size, n_iter - done)
+        out = {k: np.asarray(v)[:, :n] for k, v in out.items()}
+        elapsed = time.perf_counter() - t0
+        divergences += int(out["diverging"].sum())
+        if collect:
+            outputs.append(out)
+        done += n
+        if bar is not None:
+            bar.update(n // thin if not adapt else n)
+            bar.set_postfix(divergences=divergences,
+                            step_size=f"{float(np.mean(out['step_size'][:, -1])):.3g}")
+        if on_chunk is not None:
+            on_chunk(out, elapsed, n)
+    if not collect or not outputs:
+        return ws, None
+    stats = {k: np.concatenate([o[k] for o in outputs], axis=1) for k in outputs[0]}
+    if thin > 1:
+        c = stats["lp"].shape[0]
+        kept = {k: v[:, thin - 1::thin] for k, v in stats.items()}
+        windows = n_iter // thin
+        kept["diverging"] = stats["diverging"][:, :windows * thin].reshape(
+            c, windows, thin).any(-1)
+        kept["n_steps"] = stats["n_steps"][:, :windows * thin].reshape(
+            c, windows, thin).sum(-1)
+        stats = kept
+    return ws, stats
 
 
 def _progress_bar(progress, total, desc):
@@ -308,7 +333,19 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
     if step_size is not None and not (float(step_size) > 0 and math.isfinite(float(step_size))):
         raise ConfigurationError(f"step_size must be a positive number, got {step_size}")
 
-    bound = _bind(model, data, reparam)
+    auto = isinstance(reparam, str) and reparam == "auto"
+    if auto:
+        probe = _bind(model, data, "noncentered")
+        hierarchical = [n for n in probe.nodes if n.locscale]
+        if hierarchical and warmup >= AUTO_REPARAM_MIN_WARMUP:
+            bind_reparam = {n.name: np.zeros(n.shape) for n in hierarchical}
+        else:
+            auto = False
+            bind_reparam = "noncentered"
+        bound = probe if not auto else _bind(model, data, bind_reparam)
+    else:
+        bind_reparam = reparam
+        bound = _bind(model, data, reparam)
     if bound.size == 0:
         raise ModelError("the model has no parameters to sample")
     if log_likelihood is None:
@@ -317,120 +354,114 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
 
     settings = dict(num_chains=chains, chunk_size=chunk_size,
                     max_tree_depth=max_tree_depth, target_accept=float(target_accept),
-                    dense_mass=bool(dense_mass), chain_method=chain_method, thin=thin,
+                    dense_mass=bool(dense_mass), chain_method=chain_method,
                     store_log_likelihood=bool(log_likelihood),
                     given_step_size=step_size is not None)
-    cache_key = ("nuts", _reparam_signature(reparam), _data_signature(bound.data),
+    cache_key = ("nuts", _reparam_signature(bind_reparam), _data_signature(bound.data),
                  tuple(sorted(settings.items())), jax.config.jax_enable_x64)
     programs = _cached(model, cache_key, lambda: _build_programs(bound, **settings))
-    data_arg, weights_arg = bound.data, bound.weights
+    data_arg, weights = bound.data, dict(bound.weights)
 
     key = jax.random.PRNGKey(seed)
-    init_key, warmup_key, sample_key = jax.random.split(key, 3)
+    init_key, warmup_key, sample_key, reparam_key = jax.random.split(key, 4)
     positions = _initial_positions(bound, init_key, chains, init)
     warmup_keys = jax.random.split(warmup_key, chains)
     sample_keys = jax.random.split(sample_key, chains)
-    float_dtype = positions.dtype
+    init_step = jnp.asarray(1.0 if step_size is None else float(step_size), positions.dtype)
 
     times = {}
     bar = _progress_bar(progress, warmup + draws, "warmup" if warmup else "sampling")
-    warmup_div = 0
-    warmup_steps = 0
+    warmup_stats = {"divergences": 0, "gradients": 0, "chunks": []}
+
+    def count_warmup(out, elapsed, n):
+        warmup_stats["divergences"] += int(out["diverging"].sum())
+        warmup_stats["gradients"] += int(out["n_steps"].sum())
+        warmup_stats["chunks"].append((elapsed, n))
+
     t0 = time.perf_counter()
+    partial_reason = None
+    chunks = []
     try:
-        init_step = jnp.asarray(1.0 if step_size is None else float(step_size), float_dtype)
-        if warmup > 0:
-            from hbm.samplers.adaptation import build_schedule
+        ws = programs.init(warmup_keys, positions, data_arg, weights, init_step)
+        remaining = warmup
+        if auto:
+            # phase 1: non-centered warmup; its late draws tell how informative each
+            # group's data are; then restart adaptation in the chosen parameterization
+            first = max(AUTO_REPARAM_MIN_WARMUP // 2, warmup // 4)
+            ws, probe_stats = _run_phase(programs, ws, warmup_keys, first, adapt=True,
+                                         data=data_arg, weights=weights,
+                                         chunk_size=chunk_size, bar=bar,
+                                         on_chunk=count_warmup)
+            from hbm import reparam as reparam_lib
 
-            schedule = jax.tree_util.tree_map(jnp.asarray, build_schedule(warmup))
-            wstate = programs.warmup_init(warmup_keys, positions, data_arg, weights_arg,
-                                          init_step)
-            done = 0
-            chunk_times = []
-            while done < warmup:
-                tc = time.perf_counter()
-                wstate, (div, nsteps, eps) = programs.warmup_chunk(
-                    wstate, warmup_keys, jnp.asarray(done), data_arg, weights_arg, schedule)
-                n = min(chunk_size, warmup - done)
-                div = np.asarray(div)[:, :n]
-                chunk_times.append((time.perf_counter() - tc, n))
-                warmup_div += int(div.sum())
-                warmup_steps += int(np.asarray(nsteps)[:, :n].sum())
-                done += n
-                bar.update(n)
-                bar.set_postfix(divergences=warmup_div,
-                                step_size=f"{float(np.mean(np.asarray(eps)[:, n - 1])):.3g}")
-            eps, inv_mass = programs.warmup_final(wstate)
-            hmc_state = wstate.hmc_state
-        else:
-            from hbm.samplers import nuts
-
-            hmc_state = jax.vmap(lambda x: nuts.init(x, bound.logdensity))(positions)
-            eps = jnp.full((chains,), float(step_size), float_dtype)
-            inv_mass = (jnp.broadcast_to(jnp.eye(bound.size, dtype=float_dtype),
-                                         (chains, bound.size, bound.size))
-                        if dense_mass else jnp.ones((chains, bound.size), float_dtype))
-        jax.block_until_ready(hmc_state)
+            weights = reparam_lib.centering_weights(bound, probe_stats["position"],
+                                                    first // 2)
+            positions = reparam_lib.move_positions(bound, ws.hmc_state.position,
+                                                   bind_reparam, weights)
+            ws = programs.init(jax.random.split(reparam_key, chains), positions, data_arg,
+                               weights, init_step)
+            remaining = warmup - first
+        if remaining > 0:
+            ws, _ = _run_phase(programs, ws, warmup_keys if not auto else jax.random.split(
+                jax.random.fold_in(reparam_key, 1), chains), remaining, adapt=True,
+                data=data_arg, weights=weights, chunk_size=chunk_size, bar=bar,
+                on_chunk=count_warmup, collect=False)
+        jax.block_until_ready(ws)
         times["warmup"] = time.perf_counter() - t0
         if _after_warmup is not None and warmup > 0:
             from hbm.fallback import NUTSDiagnostics
 
-            timed = chunk_times[1:] or chunk_times
+            timed = warmup_stats["chunks"][1:] or warmup_stats["chunks"]
             per_iteration = sum(t for t, _ in timed) / max(1, sum(n for _, n in timed))
             _after_warmup(NUTSDiagnostics(
-                initialized=True, step_size=float(np.min(np.asarray(eps))),
-                warmup_divergent_fraction=warmup_div / (warmup * chains),
+                initialized=True, step_size=float(np.min(np.asarray(ws.step_size))),
+                warmup_divergent_fraction=warmup_stats["divergences"] / (warmup * chains),
                 seconds_per_warmup_iteration=per_iteration))
         bar.set_description("sampling")
-
         t1 = time.perf_counter()
-        chunks = []
-        sample_div = 0
-        done = 0
-        partial_reason = None
         try:
-            while done < draws:
-                hmc_state, out = programs.sample_chunk(
-                    hmc_state, sample_keys, jnp.asarray(done), eps, inv_mass, data_arg,
-                    weights_arg, jnp.asarray(draws))
-                n = min(chunk_size, draws - done)
-                out = {k: np.asarray(v)[:, :n] for k, v in out.items()}
-                chunks.append(out)
-                sample_div += int(out["diverging"].sum())
-                done += n
-                bar.update(n)
-                bar.set_postfix(divergences=sample_div,
-                                step_size=f"{float(np.mean(np.asarray(eps))):.3g}")
+            ws, stats = _run_phase(programs, ws, sample_keys, draws * thin, adapt=False,
+                                   data=data_arg, weights=weights, chunk_size=chunk_size,
+                                   bar=bar, thin=thin,
+                                   on_chunk=lambda out, e, n: chunks.append(out))
         except KeyboardInterrupt:
+            done = sum(c["lp"].shape[1] for c in chunks) // thin
             partial_reason = f"interrupted by the user after {done} of {draws} draws"
-            if not chunks:
+            if done == 0:
                 raise
+            stats = {k: np.concatenate([c[k] for c in chunks], axis=1)[:, thin - 1::thin]
+                     for k in chunks[0]}
         times["sampling"] = time.perf_counter() - t1
     finally:
         bar.close()
 
-    stats = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
     xs = stats.pop("position")
     t2 = time.perf_counter()
-    posterior, loglik = _postprocess(programs, xs, data_arg, weights_arg)
+    posterior, loglik = _postprocess(programs, xs, data_arg, weights)
     times["postprocess"] = time.perf_counter() - t2
+    eps = np.asarray(ws.step_size)
     sample_stats = dict(
         diverging=stats["diverging"].astype(bool),
         tree_depth=stats["tree_depth"].astype(np.int64),
         n_steps=stats["n_steps"].astype(np.int64),
-        step_size=np.broadcast_to(np.asarray(eps)[:, None], stats["lp"].shape).copy(),
+        step_size=stats["step_size"],
         energy=stats["energy"],
         lp=stats["lp"],
         acceptance_rate=stats["acceptance_rate"],
     )
+    if auto:
+        chosen = {k: np.asarray(v).round(3).tolist() for k, v in weights.items()}
+    else:
+        chosen = {k: (v if isinstance(v, str) else np.asarray(v).tolist())
+                  for k, v in bound.reparam.items()}
     info = dict(
-        reparam={k: (v if isinstance(v, str) else np.asarray(v).tolist())
-                 for k, v in bound.reparam.items()},
-        step_size=np.asarray(eps),
-        inverse_mass_matrix=np.asarray(inv_mass),
-        warmup_divergences=warmup_div,
+        reparam=chosen,
+        reparam_method="auto" if auto else "fixed",
+        step_size=eps,
+        inverse_mass_matrix=np.asarray(ws.inverse_mass_matrix),
+        warmup_divergences=warmup_stats["divergences"],
         warmup_iterations=warmup,
-        warmup_gradient_evaluations=warmup_steps,
+        warmup_gradient_evaluations=warmup_stats["gradients"],
         max_tree_depth=max_tree_depth,
         target_accept=float(target_accept),
         dense_mass=bool(dense_mass),

@@ -348,12 +348,11 @@ class Fit:
         return int(self.info.get("max_tree_depth", DEFAULT_MAX_TREE_DEPTH))
 
     # ------------------------------------------------------------- prediction
-    def predict(self, *args, **kwargs):
-        """Posterior predictive draws, also for new groups (not implemented yet)."""
-        raise NotImplementedError(
-            "Fit.predict is not implemented yet; it will draw from the posterior "
-            "predictive of fit.model for new data and new groups."
-        )
+    def predict(self, data=None, *, new_groups: str = "sample", draws=None, seed: int = 0):
+        """Posterior predictive draws, also for new groups: see :func:`hbm.predict.predict`."""
+        from hbm.predict import predict
+
+        return predict(self, data, new_groups=new_groups, draws=draws, seed=seed)
 
 
 def _simple_scalar(value: Any) -> Any:

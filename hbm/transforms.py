@@ -123,7 +123,8 @@ def _square_size(shape, name):
 def _triangle_side(length, strict, name):
     """K with ``length == K (K - 1) / 2`` (strict) or ``K (K + 1) / 2``."""
     length = int(length)
-    side = (1 + math.isqrt(1 + 8 * length)) // 2 if strict else (math.isqrt(1 + 8 * length) - 1) // 2
+    root = math.isqrt(1 + 8 * length)
+    side = (root + 1) // 2 if strict else (root - 1) // 2
     expected = side * (side - 1) // 2 if strict else side * (side + 1) // 2
     if expected != length:
         kind = "K(K-1)/2" if strict else "K(K+1)/2"

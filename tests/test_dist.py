@@ -560,7 +560,9 @@ def test_standardized_round_trip(name):
     assert type(s.base) is (dist.Normal if name == "LogNormal" else type(d))
     assert s.base.batch_shape == d.batch_shape == (3, 2)
     assert s.link == ("exp" if name == "LogNormal" else "identity")
-    z = s.base.sample(jax.random.key(0), (4,))
+    assert jax.eval_shape(lambda k: s.base.sample(k, (4,)), jax.random.key(0)).shape == (
+        4,) + d.batch_shape
+    z = jnp.asarray(np.random.default_rng(9).normal(size=(4,) + d.batch_shape))
     u = s.loc + s.scale * z
     x = jnp.exp(u) if s.link == "exp" else u
     assert x.shape == (4,) + d.batch_shape

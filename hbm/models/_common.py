@@ -3,8 +3,8 @@
 Every model function in :mod:`hbm.models` takes a :class:`pandas.DataFrame` (or ``None``
 for the bundled data set), checks the columns it needs, turns grouping columns into
 integer codes ``0..J-1`` with their labels as ArviZ coords, and sets weakly informative
-priors from the scale of the data (in the spirit of rstanarm's autoscaling: Gelman,
-Hill and Vehtari (2020), Regression and Other Stories, sec. 9.5).
+priors from the scale of the data (in the spirit of rstanarm's autoscaled defaults: Gabry
+and Goodrich, "Prior distributions for rstanarm models", rstanarm vignette).
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def integer(df: pd.DataFrame, column: str, lower: int = 0) -> np.ndarray:
 
 def scale(values) -> float:
     """The sample standard deviation, or 1.0 when it is zero (constant column)."""
-    sd = float(np.std(np.asarray(values, dtype=np.float64), ddof=1)) if np.size(values) > 1 else 0.0
+    values = np.asarray(values, dtype=np.float64)
+    sd = float(np.std(values, ddof=1)) if values.size > 1 else 0.0
     return sd if sd > 0 else 1.0
 
 

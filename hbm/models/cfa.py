@@ -16,7 +16,11 @@ from hbm import dist
 from hbm.models._common import build, frame, numeric, positive_float
 
 #: lavaan's x1..x9 in the sem::HS.data names.
-TESTS = ("visual", "cubes", "flags", "paragrap", "sentence", "wordm", "addition", "counting", "straight")
+TESTS = (
+    "visual", "cubes", "flags",
+    "paragrap", "sentence", "wordm",
+    "addition", "counting", "straight",
+)
 FACTORS = ("visual", "textual", "speed")
 #: Factor measured by each test.
 TEST_FACTOR = (0, 0, 0, 1, 1, 1, 2, 2, 2)
@@ -63,7 +67,9 @@ def holzinger_swineford(df=None, *, centered: bool = False, lkj_concentration=2.
         "nu": dist.Normal(0.0, 1.0).expand((n_test,)),
         "loading": dist.HalfNormal(1.0).expand((n_test,)),
         "sigma": dist.HalfNormal(1.0).expand((n_test,)),
-        "L_factor": dist.LKJCholesky(n_factor, positive_float("lkj_concentration", lkj_concentration)),
+        "L_factor": dist.LKJCholesky(
+            n_factor, positive_float("lkj_concentration", lkj_concentration)
+        ),
     }
     if centered:
         prior["factor_score"] = lambda p, d: dist.MultivariateNormal(

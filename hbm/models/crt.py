@@ -83,7 +83,8 @@ def simulate_crt(
     cluster = np.repeat(np.arange(n_clusters), sizes)
     e = resid_sd * np.asarray(jax.random.normal(key_noise, (cluster.size,)))
     y = intercept + effect * treated[cluster] + u[cluster] + e
-    return pd.DataFrame({"cluster": cluster, "treatment": treated[cluster].astype(np.int64), "y": y})
+    treatment = treated[cluster].astype(np.int64)
+    return pd.DataFrame({"cluster": cluster, "treatment": treatment, "y": y})
 
 
 def crt(df=None, **simulate_options):

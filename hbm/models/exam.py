@@ -51,7 +51,8 @@ def exam(df=None):
     def likelihood(p, d):
         b = p["beta"]
         school_mean = b[2] * d["schavg"] + p["school_effect"]
-        return {"y": dist.Normal(b[0] + b[1] * d["standlrt"] + school_mean[d["school"]], p["sigma"])}
+        mean = b[0] + b[1] * d["standlrt"] + school_mean[d["school"]]
+        return {"y": dist.Normal(mean, p["sigma"])}
 
     model = build(
         prior={

@@ -63,8 +63,18 @@ def insteval(df=None):
     model = build(
         prior=prior,
         likelihood=likelihood,
-        dims={"beta": ("term",), "s_effect": ("s",), "d_effect": ("d",), "dept_effect": ("dept",)},
-        coords={"term": ["intercept", "service"], "s": s_labels, "d": d_labels, "dept": dept_labels},
+        dims={
+            "beta": ("term",),
+            "s_effect": ("s",),
+            "d_effect": ("d",),
+            "dept_effect": ("dept",),
+        },
+        coords={
+            "term": ["intercept", "service"],
+            "s": s_labels,
+            "d": d_labels,
+            "dept": dept_labels,
+        },
     )
     return model, data
 

@@ -3,8 +3,8 @@
 The true covariate is latent; its noisy measurement and the outcome are both modelled,
 so the slope is not attenuated towards zero as in a naive regression on the measurement
 (Richardson and Gilks 1993, "Conditional independence models for epidemiological studies
-with covariate measurement error", Stat. Med. 12; Gelman et al., Bayesian Data Analysis,
-3rd ed., sec. 8.5; the Stan User's Guide, "Measurement error and meta-analysis").
+with covariate measurement error", Stat. Med. 12; the Stan User's Guide, "Measurement
+error and meta-analysis").
 """
 
 from __future__ import annotations

@@ -3,14 +3,14 @@
 Data: the bundled ``radon_mn`` (HLMdiag::radon, 919 homes in 85 counties). Outcome
 ``y = log.radon``. Predictor ``x = basement`` *used as is*: despite its name, this column
 equals Gelman and Hill's ``floor`` (0 = measured in the basement, 1 = on the first
-floor; HLMdiag documents it so). We checked it against posteriordb's ``radon_mn``
-(``floor_measure``): per-county counts of ones agree exactly and 916 of 919 (county,
+floor), not a "measured in the basement" indicator. We checked it against posteriordb's
+``radon_mn`` (``floor_measure``): per-county counts of ones agree exactly and 916 of 919 (county,
 radon, floor) triples match (the other three differ only in how a zero radon reading was
 logged). About 17% of the homes have ``x = 1``, as expected for first-floor readings.
 ``uranium`` is the county's log soil uranium (log ppm), constant within a county.
 
-Priors are weakly informative and scaled to the data (rstanarm-style autoscaling, Gelman,
-Hill and Vehtari 2020, sec. 9.5): ``beta[0] ~ Normal(mean(y), 2.5 sd(y))``, ``beta[k] ~
+Priors are weakly informative and scaled to the data (rstanarm-style autoscaling, Gabry
+and Goodrich, "Prior distributions for rstanarm models"): ``beta[0] ~ Normal(mean(y), 2.5 sd(y))``, ``beta[k] ~
 Normal(0, 2.5 sd(y) / sd(x_k))``; ``sigma`` and every group-level sd ``~ HalfNormal(sd(y))``;
 ``L_county ~ LKJCholesky(2, 2)``.
 
@@ -118,7 +118,7 @@ def radon_unpooled(df=None):
 
 
 def radon_varying_intercept(df=None):
-    """Partial pooling of county intercepts (Gelman and Hill eq. 12.2).
+    """Partial pooling of county intercepts (Gelman and Hill ch. 12).
 
     .. math::
 

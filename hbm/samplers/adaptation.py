@@ -46,6 +46,7 @@ __all__ = [
     "build_schedule",
     "WarmupState",
     "warmup_init",
+    "warmup_adapt",
     "warmup_step",
     "warmup_final",
     "run_nuts",
@@ -358,6 +359,60 @@ def _select(predicate, on_true, on_false):
     return jax.tree.map(lambda a, b: jnp.where(predicate, a, b), on_true, on_false)
 
 
+def warmup_adapt(
+    key,
+    warmup_state: WarmupState,
+    hmc_state: HMCState,
+    info: NUTSInfo,
+    logdensity_fn: Callable,
+    stage,
+    window_end,
+    is_last,
+    *,
+    target_accept: float = 0.8,
+    dense_mass: bool,
+) -> WarmupState:
+    """Stan's adaptation updates after one warmup transition that produced ``hmc_state``.
+
+    ``stage`` (0 fast, 1 slow), ``window_end`` and ``is_last`` (the last warmup iteration)
+    are this iteration's entries of the schedule, so the compiled update does not depend on
+    the length of warmup.
+    """
+    _, da_update, da_final = dual_averaging(target_accept)
+    da_init, _, _ = dual_averaging(target_accept)
+    welford_init, welford_update, welford_final = welford_variance(dense_mass)
+    da_state = da_update(warmup_state.da_state, info.acceptance_rate)
+    step_size = jnp.exp(da_state.log_step_size)
+
+    welford_state = _select(
+        stage == 1,
+        welford_update(warmup_state.welford_state, hmc_state.position),
+        warmup_state.welford_state,
+    )
+
+    # end of a slow window: new metric, fresh estimator, step-size search, restart averaging
+    inverse_mass_matrix = jnp.where(
+        window_end, welford_final(welford_state), warmup_state.inverse_mass_matrix
+    )
+    dim = hmc_state.position.shape[0]
+    welford_state = _select(
+        window_end, welford_init(dim, welford_state.mean.dtype), welford_state
+    )
+    searched = _search_step_size(
+        key, hmc_state, logdensity_fn, inverse_mass_matrix, step_size, window_end
+    )
+    step_size = jnp.where(window_end, searched, step_size)
+    da_state = _select(window_end, da_init(step_size), da_state)
+
+    # the last iteration switches to the averaged step size (unless a window just closed,
+    # in which case averaging has restarted and the searched step size is kept)
+    step_size = jnp.where(is_last & ~window_end, da_final(da_state), step_size)
+    return WarmupState(
+        hmc_state, step_size, inverse_mass_matrix, da_state, welford_state,
+        warmup_state.iteration + 1
+    )
+
+
 def warmup_step(
     key,
     warmup_state: WarmupState,
@@ -368,7 +423,8 @@ def warmup_step(
     target_accept: float = 0.8,
     dense_mass: bool,
 ) -> tuple[WarmupState, NUTSInfo]:
-    """One warmup iteration: a NUTS transition, then Stan's adaptation updates.
+    """One warmup iteration: a NUTS transition, then Stan's adaptation updates
+    (:func:`warmup_adapt`).
 
     Parameters
     ----------
@@ -389,15 +445,11 @@ def warmup_step(
     -------
     (WarmupState, NUTSInfo)
     """
-    _, da_update, da_final = dual_averaging(target_accept)
-    da_init, _, _ = dual_averaging(target_accept)
-    welford_init, welford_update, welford_final = welford_variance(dense_mass)
     kernel_key, search_key = jax.random.split(key)
     i = warmup_state.iteration
     num_warmup = jnp.shape(schedule_arrays.stage)[0]
     stage = jnp.asarray(schedule_arrays.stage)[i]
     window_end = jnp.asarray(schedule_arrays.window_end)[i]
-
     hmc_state, info = kernel(
         kernel_key,
         warmup_state.hmc_state,
@@ -405,35 +457,9 @@ def warmup_step(
         warmup_state.step_size,
         warmup_state.inverse_mass_matrix,
     )
-    da_state = da_update(warmup_state.da_state, info.acceptance_rate)
-    step_size = jnp.exp(da_state.log_step_size)
-
-    welford_state = _select(
-        stage == 1,
-        welford_update(warmup_state.welford_state, hmc_state.position),
-        warmup_state.welford_state,
-    )
-
-    # end of a slow window: new metric, fresh estimator, step-size search, restart averaging
-    inverse_mass_matrix = jnp.where(
-        window_end, welford_final(welford_state), warmup_state.inverse_mass_matrix
-    )
-    dim = hmc_state.position.shape[0]
-    welford_state = _select(
-        window_end, welford_init(dim, welford_state.mean.dtype), welford_state
-    )
-    searched = _search_step_size(
-        search_key, hmc_state, logdensity_fn, inverse_mass_matrix, step_size, window_end
-    )
-    step_size = jnp.where(window_end, searched, step_size)
-    da_state = _select(window_end, da_init(step_size), da_state)
-
-    # the last iteration switches to the averaged step size (unless a window just closed,
-    # in which case averaging has restarted and the searched step size is kept)
-    is_last = (i == num_warmup - 1) & ~window_end
-    step_size = jnp.where(is_last, da_final(da_state), step_size)
-    new_state = WarmupState(
-        hmc_state, step_size, inverse_mass_matrix, da_state, welford_state, i + 1
+    new_state = warmup_adapt(
+        search_key, warmup_state, hmc_state, info, logdensity_fn, stage, window_end,
+        i == num_warmup - 1, target_accept=target_accept, dense_mass=dense_mass,
     )
     return new_state, info
 

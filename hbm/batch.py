@@ -1,0 +1,302 @@
+"""Whole inference runs vectorized over many data sets: MAP and NUTS for simulation studies.
+
+A simulation study fits the same model to hundreds of simulated data sets of the same
+shapes. Here the data set is an *argument* of one compiled program, mapped with
+``jax.vmap`` (data sets, then chains), so a study over a grid of true values compiles once
+per shape and streams batches of data sets through it:
+
+* :func:`build_batched_map`: L-BFGS (the pure loop of :mod:`hbm.samplers.optimize`) from
+  several restarts per data set, the best finite restart kept, all on the device.
+* :func:`build_batched_nuts`: per chain, Stan's windowed warmup
+  (:func:`~hbm.samplers.adaptation.warmup_init` / ``warmup_step`` / ``warmup_final``) and
+  multinomial NUTS (:func:`~hbm.samplers.nuts.build_kernel`), then the draws are reduced on
+  the device to per-data-set summaries (:func:`summarize_draws`), so only
+  ``O(data sets x parameters)`` numbers leave it, never the draws.
+
+R-hat here is the classic split R-hat (Gelman et al. 2013, "Bayesian Data Analysis", 3rd
+ed., section 11.4), cheap enough to compute inside the program; :mod:`hbm.diagnostics`
+has the rank-normalized version (Vehtari et al. 2021) for single fits.
+
+Random keys: data set ``s`` (global index) and chain ``c`` use
+``fold_in(fold_in(key, s), c)``, so results do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hbm.errors import ConfigurationError
+
+__all__ = [
+    "ConstrainedLayout",
+    "constrained_layout",
+    "split_rhat",
+    "summarize_draws",
+    "DrawSummary",
+    "BatchMAP",
+    "build_batched_map",
+    "build_batched_nuts",
+    "stack_datasets",
+    "dataset_keys",
+    "BatchNUTS",
+]
+
+
+class ConstrainedLayout(NamedTuple):
+    """Where each parameter sits in the flat vector of constrained values."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]
+    size: int
+
+    def slice(self, name: str) -> slice:
+        i = self.names.index(name)
+        return slice(self.offsets[i], self.offsets[i] + int(np.prod(self.shapes[i])))
+
+
+def constrained_layout(bound) -> ConstrainedLayout:
+    """The layout of :func:`_flat_constrained` for a bound model's parameters."""
+    names, shapes, offsets = [], [], []
+    offset = 0
+    for node in bound.nodes:
+        names.append(node.name)
+        shapes.append(tuple(node.shape))
+        offsets.append(offset)
+        offset += int(np.prod(node.shape))
+    return ConstrainedLayout(tuple(names), tuple(shapes), tuple(offsets), offset)
+
+
+def _flat_constrained(bound, x, data):
+    params = bound.constrain(x, data, deterministic=False)
+    return jnp.concatenate([jnp.ravel(params[n.name]) for n in bound.nodes])
+
+
+class DrawSummary(NamedTuple):
+    """Per-element posterior summaries (each ``(k,)``; batched: ``(S, k)``)."""
+
+    mean: jax.Array
+    sd: jax.Array
+    q05: jax.Array
+    median: jax.Array
+    q95: jax.Array
+    rhat: jax.Array
+
+
+def split_rhat(draws: jax.Array) -> jax.Array:
+    """Classic split R-hat of ``draws`` shaped ``(chains, n, k)`` -> ``(k,)``.
+
+    Each chain is cut into halves (the middle draw of an odd ``n`` dropped);
+    ``sqrt(((n'-1)/n' W + B/n') / W)`` over the ``2 chains`` halves of length ``n'``.
+    """
+    chains, n, k = draws.shape
+    half = n // 2
+    if half < 2:
+        raise ConfigurationError("split R-hat needs at least 4 draws per chain")
+    parts = jnp.concatenate([draws[:, :half], draws[:, n - half:]], axis=0)
+    chain_means = parts.mean(axis=1)
+    within = parts.var(axis=1, ddof=1).mean(axis=0)
+    between = half * chain_means.var(axis=0, ddof=1)
+    var_plus = (half - 1) / half * within + between / half
+    return jnp.sqrt(var_plus / within)
+
+
+def summarize_draws(draws: jax.Array) -> DrawSummary:
+    """Mean, sd, 5/50/95% quantiles (linear interpolation, as ``numpy.quantile``) and
+    split R-hat of ``draws`` shaped ``(chains, n, k)``."""
+    chains, n, k = draws.shape
+    pooled = draws.reshape(chains * n, k)
+    q05, median, q95 = jnp.quantile(pooled, jnp.asarray([0.05, 0.5, 0.95]), axis=0)
+    return DrawSummary(pooled.mean(axis=0), pooled.std(axis=0, ddof=1), q05, median, q95,
+                       split_rhat(draws))
+
+
+def stack_datasets(datasets: list[dict]) -> dict:
+    """List of same-shaped data dicts -> one dict of arrays with a leading data-set axis."""
+    if not datasets:
+        raise ConfigurationError("no data sets to stack")
+    keys = set(datasets[0])
+    for d in datasets[1:]:
+        if set(d) != keys:
+            raise ConfigurationError("every data set must have the same keys")
+    return {k: np.stack([np.asarray(d[k]) for d in datasets]) for k in datasets[0]}
+
+
+def _merge(shared, batched):
+    data = dict(shared)
+    data.update(batched)
+    return data
+
+
+class _Program:
+    """A jitted batch program and the number of times it was traced (compiled)."""
+
+    def __init__(self, jitted, traces):
+        self._jitted = jitted
+        self._traces = traces
+
+    def __call__(self, keys, batched_data, shared_data):
+        return self._jitted(keys, batched_data, shared_data)
+
+    def traces(self) -> int:
+        return self._traces[0]
+
+
+# ------------------------------------------------------------------------------ MAP
+class BatchMAP(NamedTuple):
+    """Best restart per data set: ``position`` (S, d) unconstrained, ``constrained``
+    (S, k) in :func:`constrained_layout` order, ``logdensity`` (S,), ``converged`` (S,),
+    ``grad_norm`` (S,)."""
+
+    position: jax.Array
+    constrained: jax.Array
+    logdensity: jax.Array
+    converged: jax.Array
+    grad_norm: jax.Array
+
+
+def build_batched_map(bound, *, jacobian: bool = False, restarts: int = 4,
+                      max_iters: int = 2000, tol: float | None = None, radius: float = 2.0):
+    """A compiled MAP search over a batch of data sets.
+
+    Parameters
+    ----------
+    bound : :class:`~hbm.model.BoundModel`
+        Bound to one data set of the right shapes (``reparam="centered"`` for the
+        classical MAP, ``jacobian=False``).
+    jacobian, restarts, max_iters, tol, radius
+        As :func:`hbm.find_map`; restarts start uniformly in ``(-radius, radius)``.
+
+    Returns
+    -------
+    run(keys (S,), batched_data, shared_data) -> BatchMAP, jitted; ``run.traces()`` counts
+    how often it was traced (compiled).
+    """
+    from hbm.samplers.optimize import _DEFAULT_LBFGS, _minimize_one
+
+    restarts = int(restarts)
+    if restarts < 1:
+        raise ConfigurationError("restarts must be >= 1")
+    if tol is None:
+        tol = 1e-8 if jax.config.jax_enable_x64 else 1e-4
+    traces = [0]
+
+    def one_dataset(key, batched, shared):
+        data = _merge(shared, batched)
+        logdensity_fn = lambda x: bound.logdensity(x, data, jacobian=jacobian)  # noqa: E731
+        dtype = jnp.result_type(float)
+        inits = jax.random.uniform(key, (restarts, bound.size), dtype, -radius, radius)
+
+        def minimize(x0):
+            return _minimize_one(x0, logdensity_fn, _DEFAULT_LBFGS, max_iters,
+                                 jnp.asarray(tol, dtype))
+
+        positions, logdensities, grad_norms, _, converged = jax.vmap(minimize)(inits)
+        best = jnp.argmax(jnp.where(jnp.isfinite(logdensities), logdensities, -jnp.inf))
+        position = positions[best]
+        return BatchMAP(position, _flat_constrained(bound, position, data),
+                        logdensities[best], converged[best], grad_norms[best])
+
+    def run_traced(keys, batched, shared):
+        traces[0] += 1
+        return jax.vmap(one_dataset, in_axes=(0, 0, None))(keys, batched, shared)
+
+    return _Program(jax.jit(run_traced), traces)
+
+
+# ----------------------------------------------------------------------------- NUTS
+class BatchNUTS(NamedTuple):
+    """Per data set: :class:`DrawSummary` of the constrained parameters ``(S, k)``,
+    ``divergences`` (S,) during sampling, ``mean_steps`` (S,) gradient evaluations per
+    draw, ``step_size`` (S, chains)."""
+
+    summary: DrawSummary
+    divergences: jax.Array
+    mean_steps: jax.Array
+    step_size: jax.Array
+
+
+def build_batched_nuts(bound, *, chains: int = 4, warmup: int = 1000, draws: int = 1000,
+                       max_tree_depth: int = 10, target_accept: float = 0.8,
+                       dense_mass: bool = False, radius: float = 2.0) -> Callable:
+    """A compiled NUTS run (warmup, sampling, on-device summaries) over a batch of data sets.
+
+    Parameters
+    ----------
+    bound : :class:`~hbm.model.BoundModel`
+        Bound to one data set of the right shapes, in the parameterization to sample.
+    chains, warmup, draws
+        Chains per data set, warmup iterations (Stan's windows) and kept draws.
+    max_tree_depth, target_accept, dense_mass
+        As :func:`hbm.sample`.
+    radius
+        Chains start uniformly in ``(-radius, radius)`` on the unconstrained space.
+
+    Returns
+    -------
+    run(keys (S,), batched_data, shared_data) -> BatchNUTS, jitted; ``run.traces()``
+    counts how often it was traced (compiled).
+    """
+    from hbm.samplers import adaptation, nuts
+
+    chains, warmup, draws = int(chains), int(warmup), int(draws)
+    if chains < 1 or warmup < 0 or draws < 4:
+        raise ConfigurationError("need chains >= 1, warmup >= 0 and draws >= 4")
+    kernel = nuts.build_kernel(max_tree_depth=max_tree_depth)
+    schedule = adaptation.build_schedule(warmup)
+    traces = [0]
+
+    def one_chain(key, data):
+        logdensity_fn = lambda x: bound.logdensity(x, data)  # noqa: E731
+        init_key, search_key, warmup_key, draw_key = jax.random.split(key, 4)
+        dtype = jnp.result_type(float)
+        position = jax.random.uniform(init_key, (bound.size,), dtype, -radius, radius)
+        state = adaptation.warmup_init(search_key, position, logdensity_fn,
+                                       dense_mass=dense_mass, target_accept=target_accept)
+        sched = adaptation.Schedule(jnp.asarray(schedule.stage),
+                                    jnp.asarray(schedule.window_end))
+
+        def warmup_body(st, i):
+            st, _ = adaptation.warmup_step(jax.random.fold_in(warmup_key, i), st,
+                                           logdensity_fn, sched, kernel=kernel,
+                                           target_accept=target_accept,
+                                           dense_mass=dense_mass)
+            return st, None
+
+        if warmup > 0:
+            state, _ = jax.lax.scan(warmup_body, state, jnp.arange(warmup))
+        step_size, inverse_mass_matrix = adaptation.warmup_final(state)
+
+        def draw_body(hmc_state, i):
+            hmc_state, info = kernel(jax.random.fold_in(draw_key, i), hmc_state,
+                                     logdensity_fn, step_size, inverse_mass_matrix)
+            out = (_flat_constrained(bound, hmc_state.position, data), info.is_divergent,
+                   info.num_steps)
+            return hmc_state, out
+
+        _, (values, divergent, steps) = jax.lax.scan(draw_body, state.hmc_state,
+                                                     jnp.arange(draws))
+        return values, divergent.sum(), steps.mean(), step_size
+
+    def one_dataset(key, batched, shared):
+        data = _merge(shared, batched)
+        keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(chains))
+        values, divergent, steps, step_size = jax.vmap(one_chain, in_axes=(0, None))(
+            keys, data)
+        return BatchNUTS(summarize_draws(values), divergent.sum(), steps.mean(), step_size)
+
+    def run_traced(keys, batched, shared):
+        traces[0] += 1
+        return jax.vmap(one_dataset, in_axes=(0, 0, None))(keys, batched, shared)
+
+    return _Program(jax.jit(run_traced), traces)
+
+
+def dataset_keys(seed: int, start: int, count: int):
+    """Keys of data sets ``start .. start + count - 1`` for a study seeded with ``seed``."""
+    base = jax.random.PRNGKey(seed)
+    return jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(start, start + count))
