@@ -303,6 +303,32 @@ class RunResult:
     draws: list  # per later run: name -> (chain, draw, ...) constrained
     gradients: list  # per later run: warmup + sampling, all chains
     extra: dict = field(default_factory=dict)
+    compile_seconds: list = field(default_factory=list)  # JAX compile time inside each run
+
+
+_COMPILE_SECONDS = [0.0]
+
+
+def _on_duration(event, duration, **kwargs):
+    if "/jax/core/compile/" in event or "compil" in event:
+        _COMPILE_SECONDS[0] += float(duration)
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+class _Timer:
+    """Wall time of a block and the JAX compilation time spent inside it."""
+
+    def __enter__(self):
+        self.compile0 = _COMPILE_SECONDS[0]
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        self.compile_seconds = _COMPILE_SECONDS[0] - self.compile0
+        return False
 
 
 def _block(tree):
@@ -310,17 +336,18 @@ def _block(tree):
 
 
 def run_hbm(spec: Spec, chains, warmup, draws, seeds) -> RunResult:
-    times, fits = [], []
+    times, fits, compiles = [], [], []
     for seed in seeds:
-        t = time.perf_counter()
-        fit = hbm.sample(spec.hbm_model, spec.data, chains=chains, warmup=warmup, draws=draws,
-                         seed=seed, progress=False, log_likelihood=False)
-        times.append(time.perf_counter() - t)
+        with _Timer() as t:
+            fit = hbm.sample(spec.hbm_model, spec.data, chains=chains, warmup=warmup,
+                             draws=draws, seed=seed, progress=False, log_likelihood=False)
+        times.append(t.seconds)
+        compiles.append(t.compile_seconds)
         fits.append(fit)
     draws_ = [{k: np.asarray(f.posterior[k]) for k in spec.params} for f in fits[1:]]
     grads = [int(f.info["warmup_gradient_evaluations"]) + int(f.sample_stats["n_steps"].sum())
              for f in fits[1:]]
-    return RunResult(times[0], times[1:], draws_, grads, {"fits": fits[1:]})
+    return RunResult(times[0], times[1:], draws_, grads, {"fits": fits[1:]}, compiles[1:])
 
 
 def run_blackjax(spec: Spec, chains, warmup, draws, seeds) -> RunResult:
@@ -347,19 +374,20 @@ def run_blackjax(spec: Spec, chains, warmup, draws, seeds) -> RunResult:
         return xs, jnp.sum(winfo.info.num_integration_steps) + jnp.sum(nsteps)
 
     run = jax.jit(jax.vmap(one_chain))
-    times, outs = [], []
+    times, outs, compiles = [], [], []
     for seed in seeds:
         key = jax.random.PRNGKey(seed)
         init_key, run_key = jax.random.split(key)
         positions = jax.random.uniform(init_key, (chains, dim), dtype, -2.0, 2.0)
-        t = time.perf_counter()
-        out = _block(run(jax.random.split(run_key, chains), positions))
-        times.append(time.perf_counter() - t)
+        with _Timer() as t:
+            out = _block(run(jax.random.split(run_key, chains), positions))
+        times.append(t.seconds)
+        compiles.append(t.compile_seconds)
         outs.append(out)
     draws_ = [{k: np.asarray(v) for k, v in spec.blackjax_constrain(xs).items()}
               for xs, _ in outs[1:]]
     grads = [int(np.sum(np.asarray(g, np.int64))) for _, g in outs[1:]]
-    return RunResult(times[0], times[1:], draws_, grads)
+    return RunResult(times[0], times[1:], draws_, grads, {}, compiles[1:])
 
 
 def run_numpyro(spec: Spec, chains, warmup, draws, seeds) -> RunResult:
@@ -368,20 +396,21 @@ def run_numpyro(spec: Spec, chains, warmup, draws, seeds) -> RunResult:
     data = {k: jnp.asarray(v) for k, v in spec.numpyro_data.items()}
     mcmc = MCMC(NUTS(spec.numpyro_model), num_warmup=warmup, num_samples=draws,
                 num_chains=chains, chain_method="vectorized", progress_bar=False)
-    times, grads, draws_ = [], [], []
+    times, grads, draws_, compiles = [], [], [], []
     for seed in seeds:
         key = jax.random.PRNGKey(seed)
         warm_key, sample_key = jax.random.split(key)
-        t = time.perf_counter()
-        mcmc.warmup(warm_key, **data, extra_fields=("num_steps",), collect_warmup=True)
-        warm_steps = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["num_steps"])
-        mcmc.run(sample_key, **data, extra_fields=("num_steps",))
-        samples = _block(mcmc.get_samples(group_by_chain=True))
-        times.append(time.perf_counter() - t)
+        with _Timer() as t:
+            mcmc.warmup(warm_key, **data, extra_fields=("num_steps",), collect_warmup=True)
+            warm_steps = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["num_steps"])
+            mcmc.run(sample_key, **data, extra_fields=("num_steps",))
+            samples = _block(mcmc.get_samples(group_by_chain=True))
+        times.append(t.seconds)
+        compiles.append(t.compile_seconds)
         steps = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["num_steps"])
         grads.append(int(warm_steps.astype(np.int64).sum() + steps.astype(np.int64).sum()))
         draws_.append({k: np.asarray(samples[k]) for k in spec.params})
-    return RunResult(times[0], times[1:], draws_[1:], grads[1:])
+    return RunResult(times[0], times[1:], draws_[1:], grads[1:], {}, compiles[1:])
 
 
 def build_stan(spec: Spec):
@@ -398,6 +427,7 @@ def run_stan(spec: Spec, chains, warmup, draws, seeds) -> RunResult:
     import stan
 
     posterior, build_seconds = build_stan(spec)
+    shapes = spec.hbm_model.bind(spec.data).param_shapes
     times, draws_, grads, steps = [], [], [], []
     for seed in seeds:
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
@@ -406,22 +436,33 @@ def run_stan(spec: Spec, chains, warmup, draws, seeds) -> RunResult:
             fit = post.sample(num_chains=chains, num_warmup=warmup, num_samples=draws,
                               save_warmup=True)
             times.append(time.perf_counter() - t)
-        n_leap = _stan_array(fit, "n_leapfrog__", chains, warmup + draws)
+            n_leap = _stan_array(fit, "n_leapfrog__", chains, warmup + draws)
+        # The step size is fixed after warmup: constant within each chain under the right
+        # unstacking of pystan's draws (chain-major or interleaved); try both.
+        order = "C"
+        step = _stan_array(fit, "stepsize__", chains, warmup + draws, order)[:, warmup:]
+        if not np.all(step == step[:, :1]):
+            order = "F"
+            step = _stan_array(fit, "stepsize__", chains, warmup + draws, order)[:, warmup:]
+        assert np.all(step == step[:, :1]), "pystan chain layout not as expected"
+        n_leap = _stan_array(fit, "n_leapfrog__", chains, warmup + draws, order)
         grads.append(int(n_leap.astype(np.int64).sum()))
-        draws_.append({k: _stan_array(fit, k, chains, warmup + draws)[:, warmup:]
-                       for k in spec.params})
-        steps.append(_stan_array(fit, "stepsize__", chains, warmup + draws)[:, warmup:])
+        draws_.append({k: _stan_array(fit, k, chains, warmup + draws, order)[:, warmup:]
+                       .reshape((chains, draws) + tuple(shapes[k])) for k in spec.params})
+        steps.append(step)
     extra = {"posterior": posterior, "build_seconds": build_seconds, "step_sizes": steps[1:]}
-    return RunResult(build_seconds + times[0], times[1:], draws_[1:], grads[1:], extra)
+    return RunResult(build_seconds + times[0], times[1:], draws_[1:], grads[1:], extra,
+                     [0.0] * len(times[1:]))
 
 
-def _stan_array(fit, name, chains, iterations):
-    """pystan's (..., chains * iterations) array as (chain, iteration, ...)."""
+def _stan_array(fit, name, chains, iterations, order="C"):
+    """pystan's (..., chains * iterations) array as (chain, iteration, ...).
+
+    ``order="C"``: the chains stacked one after another; ``"F"``: interleaved."""
     a = np.asarray(fit[name])
     shape = a.shape[:-1]
-    # pystan stacks the chains one after another along the last axis.
-    a = a.reshape(shape + (chains, iterations))
+    if order == "C":
+        a = a.reshape(shape + (chains, iterations))
+    else:
+        a = np.swapaxes(a.reshape(shape + (iterations, chains)), -1, -2)
     return np.moveaxis(np.moveaxis(a, -1, 0), -1, 0)
-
-
-RUNNERS = {"hbm": run_hbm, "blackjax": run_blackjax, "numpyro": run_numpyro, "stan": run_stan}

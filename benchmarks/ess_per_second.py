@@ -95,12 +95,17 @@ def summarize(spec, result) -> dict:
     ess_values = [e for e, _ in ess]
     per_second = [e / t for e, t in zip(ess_values, result.seconds)]
     per_kgrad = [1000.0 * e / g for e, g in zip(ess_values, result.gradients)]
+    compile_s = result.compile_seconds or [0.0] * len(result.seconds)
+    per_second_run = [e / max(t - c, 1e-9) for e, t, c in zip(ess_values, result.seconds,
+                                                                compile_s)]
     return {
         "first run s": result.first_seconds,
         "warmup+sampling s": _median(result.seconds),
+        "of which compile s": _median(compile_s),
         "min bulk ESS": _median(ess_values),
         "min ESS at": ess[len(ess) // 2][1],
         "ESS/s": _median(per_second),
+        "ESS/s excl. compile": _median(per_second_run),
         "gradients": int(_median(result.gradients)),
         "ESS/1k grads": _median(per_kgrad),
     }

@@ -16,6 +16,7 @@ _EXPORTS = {
     "BoundModel": "hbm.model",
     # inference
     "sample": "hbm.inference",
+    "resume": "hbm.inference",
     "advi": "hbm.inference",
     "find_map": "hbm.inference",
     "fit": "hbm.inference",
@@ -35,7 +36,7 @@ _EXPORTS = {
     "ConstraintError": "hbm.errors",
 }
 _SUBMODULES = ("dist", "constraints", "transforms", "datasets", "models", "diagnostics",
-               "samplers", "plots", "errors")
+               "samplers", "plots", "errors", "checkpoint", "reparam")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

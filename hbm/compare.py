@@ -29,6 +29,18 @@ A parameter is a *group scale* when its support is positive and either
 A group-scale element is *collapsed* when its MAP is below ``1e-3`` times its posterior
 median, or when it is reported on the boundary and its MAP lies below the posterior's 5%
 quantile, i.e. the MAP has gone to zero while the posterior has not.
+
+The MAP at a collapsed scale
+----------------------------
+Where find_map reports a group scale on the boundary, the optimizer stopped where the
+unbounded growth outran it, and the other parameters are not converged. The ``map``
+column then reports the limit: the collapsed scales at (numerically) zero, their group
+effects at their location, and every other parameter maximizing the remaining terms of
+the log density (see :func:`_limit_map`); ``attrs["map_is_limit"]`` says so.
+
+The ``mode_jacobian`` column is :func:`hbm.find_map` with ``jacobian=True`` in its
+default (non-centered) parameterization: with the Jacobian, a centered hierarchy is still
+unbounded for more than one group, a non-centered one is not.
 """
 
 from __future__ import annotations
@@ -41,7 +53,7 @@ import numpy as np
 
 from hbm.errors import ConfigurationError
 
-__all__ = ["map_vs_mean", "group_scale_parameters", "COLLAPSE_RATIO"]
+__all__ = ["map_vs_mean", "hierarchical_scales", "group_scale_parameters", "COLLAPSE_RATIO"]
 
 #: A group scale whose MAP is below this fraction of its posterior median has collapsed.
 COLLAPSE_RATIO = 1e-3
@@ -55,27 +67,28 @@ def _is_positive(support) -> bool:
         "_Positive", "_GreaterThan") and float(np.asarray(support.lower_bound)) == 0.0
 
 
-def group_scale_parameters(bound, params: dict) -> set[str]:
-    """Positive parameters on which the scale of a hierarchical prior node depends.
+def hierarchical_scales(bound, params: dict) -> dict[str, set[str]]:
+    """For each hierarchical location-scale node, the positive parameters its scale
+    depends on (by autodiff of ``standardized().scale`` at ``params``).
 
     Parameters
     ----------
     bound : :class:`~hbm.model.BoundModel`
     params : dict
         A point of the model's own (constrained) parameters at which the dependence is
-        checked by autodiff (use an interior point, e.g. the posterior median).
+        checked (use an interior point, e.g. the posterior median).
 
     Returns
     -------
-    set of parameter names.
+    dict node name -> set of parameter names (nodes without such a scale are left out).
     """
     from hbm.model import _Data, _node_fn
 
     model = bound.model
     if not model.can_simulate:
-        return set()
+        return {}
     positive = {n.name for n in bound.nodes if _is_positive(n.support)}
-    found: set[str] = set()
+    found: dict[str, set[str]] = {}
     names = [n.name for n in bound.nodes]
     data = _Data(bound.data)
     for index, node in enumerate(bound.nodes):
@@ -94,8 +107,57 @@ def group_scale_parameters(bound, params: dict) -> set[str]:
             return jnp.sum(node_fn(p, data).standardized().scale)
 
         grads = jax.grad(total_scale)(candidates)
-        found.update(k for k, g in grads.items() if bool(jnp.any(g != 0)))
+        depends = {k for k, g in grads.items() if bool(jnp.any(g != 0))}
+        if depends:
+            found[node.name] = depends
     return found
+
+
+def group_scale_parameters(bound, params: dict) -> set[str]:
+    """Positive parameters on which the scale of a hierarchical prior node depends
+    (the union of :func:`hierarchical_scales`)."""
+    return set().union(*hierarchical_scales(bound, params).values())
+
+
+def _limit_map(model, data, collapsed: set[str], scales_of: dict, seed: int, restarts: int):
+    """The classical MAP in the limit where the ``collapsed`` scales go to 0.
+
+    The log density without Jacobian is unbounded there (``-n log tau`` from the group
+    effects' density), so an optimizer stops wherever the growth outran it and leaves the
+    other parameters unconverged. In the limit the group effects equal their location and
+    the divergent term does not depend on the other parameters, so their MAP maximizes the
+    remaining terms: the nodes whose scale is collapsed are written non-centered (which
+    drops the ``-log scale`` terms), the collapsed scales are pinned at the smallest
+    normal float, and L-BFGS optimizes the rest. Returns constrained params, or ``None``
+    when a collapsed scale is not a plain positive node (then find_map's point is kept).
+    """
+    from hbm.samplers.optimize import find_mode
+
+    reparam = {name: ("noncentered" if depends & collapsed else "centered")
+               for name, depends in scales_of.items()}
+    bound = model.bind(data, reparam=reparam)
+    fixed = []
+    for node in bound.nodes:
+        if node.name in collapsed:
+            if node.locscale or not _is_positive(node.support):
+                return None
+            fixed.extend(range(node.offset, node.offset + node.size))
+    fixed = np.asarray(fixed, dtype=int)
+    free = np.setdiff1d(np.arange(bound.size), fixed)
+    dtype = jnp.result_type(float)
+    pinned = float(np.log(np.finfo(np.dtype(dtype)).tiny)) + 1.0
+
+    def full(x_free):
+        x = jnp.zeros(bound.size, dtype).at[free].set(x_free)
+        return x.at[fixed].set(pinned)
+
+    def logdensity_free(x_free):
+        return bound.logdensity(full(x_free), jacobian=False)
+
+    inits = bound.init_many(jax.random.PRNGKey(seed), restarts)[:, free]
+    result = find_mode(logdensity_free, inits)
+    params = bound.constrain(full(result.position), deterministic=False)
+    return {k: np.asarray(v) for k, v in params.items()}
 
 
 def _quiet_find_map(model, data, **kwargs):
@@ -182,18 +244,27 @@ def map_vs_mean(model, data=None, *, fit=None, seed: int = 0, restarts: int = 4,
     draws = {name: np.asarray(fit.posterior[name], dtype=float).reshape(
         (-1,) + tuple(shapes[name])) for name in shapes}
     medians = {name: np.median(d, axis=0) for name, d in draws.items()}
-    scales = group_scale_parameters(bound, medians)
+    scales_of = hierarchical_scales(bound, medians)
+    scales = set().union(*scales_of.values())
     boundary_names = list(map_fit.info.get("boundary", []))
     boundary = _boundary_elements(boundary_names, shapes)
     scales |= {name for name, mask in boundary.items()
                if mask.any() and _is_positive(next(n for n in bound.nodes
                                                    if n.name == name).support)}
 
+    map_params = {k: np.asarray(v, dtype=float) for k, v in map_fit.params.items()}
+    collapsed_names = {name for name, mask in boundary.items() if mask.any() and name in scales}
+    limit = None
+    if collapsed_names:
+        limit = _limit_map(model, data, collapsed_names, scales_of, seed, restarts)
+        if limit is not None:
+            map_params.update({k: np.asarray(v, dtype=float) for k, v in limit.items()})
+
     rows, labels = [], []
     for node in bound.nodes:
         name = node.name
         d = draws[name]
-        mode = np.asarray(map_fit.params[name], dtype=float).reshape(shapes[name])
+        mode = np.asarray(map_params[name], dtype=float).reshape(shapes[name])
         mode_jac = np.asarray(jac_fit.params[name], dtype=float).reshape(shapes[name])
         mean = d.mean(axis=0)
         sd = d.std(axis=0, ddof=1) if d.shape[0] > 1 else np.full(mean.shape, np.nan)
@@ -214,7 +285,8 @@ def map_vs_mean(model, data=None, *, fit=None, seed: int = 0, restarts: int = 4,
     report = pd.DataFrame(rows, index=pd.Index(labels, name="parameter"), columns=_COLUMNS)
     for column in ("group_scale", "boundary", "collapsed", "outside_90"):
         report[column] = report[column].astype(bool)
-    report.attrs.update(fit=fit, map=map_fit, mode_jacobian=jac_fit,
+    report.attrs.update(fit=fit, map=map_fit, mode_jacobian=jac_fit, map_params=map_params,
+                        map_is_limit=limit is not None,
                         group_scales=sorted(scales),
                         boundary_reason=map_fit.info.get("boundary_reason", ""))
     return report

@@ -185,59 +185,6 @@ def _build_programs(bound: BoundModel, *, num_chains, chunk_size, max_tree_depth
     return _Programs(bound, init, chunk, postprocess)
 
 
-def _run_phase(programs, ws, keys, n_iter, *, adapt, data, weights, chunk_size, bar,
-               on_chunk=None, thin=1, collect=True):
-    """Run ``n_iter`` iterations of one phase (warmup: ``adapt=True``) chunk by chunk.
-
-    Returns the final state and the per-iteration outputs on the host (thinned: every
-    ``thin``-th position, diverging/n_steps aggregated over each thinning window)."""
-    from hbm.samplers.adaptation import build_schedule
-
-    if adapt:
-        schedule = build_schedule(n_iter)
-        pad = (-n_iter) % chunk_size
-        stage = np.concatenate([schedule.stage, np.zeros(pad, np.int32)])
-        window_end = np.concatenate([schedule.window_end, np.zeros(pad, bool)])
-    else:
-        stage = np.zeros(chunk_size, np.int32)
-        window_end = np.zeros(chunk_size, bool)
-    outputs = []
-    done = 0
-    divergences = 0
-    while done < n_iter:
-        sl = slice(done, done + chunk_size) if adapt else slice(0, chunk_size)
-        t0 = time.perf_counter()
-        ws, out = programs.chunk(ws, keys, jnp.asarray(done), jnp.asarray(n_iter),
-                                 jnp.asarray(adapt), jnp.asarray(stage[sl]),
-                                 jnp.asarray(window_end[sl]), data, weights)
-        n = min(chunk_size, n_iter - done)
-        out = {k: np.asarray(v)[:, :n] for k, v in out.items()}
-        elapsed = time.perf_counter() - t0
-        divergences += int(out["diverging"].sum())
-        if collect:
-            outputs.append(out)
-        done += n
-        if bar is not None:
-            bar.update(n // thin if not adapt else n)
-            bar.set_postfix(divergences=divergences,
-                            step_size=f"{float(np.mean(out['step_size'][:, -1])):.3g}")
-        if on_chunk is not None:
-            on_chunk(out, elapsed, n)
-    if not collect or not outputs:
-        return ws, None
-    stats = {k: np.concatenate([o[k] for o in outputs], axis=1) for k in outputs[0]}
-    if thin > 1:
-        c = stats["lp"].shape[0]
-        kept = {k: v[:, thin - 1::thin] for k, v in stats.items()}
-        windows = n_iter // thin
-        kept["diverging"] = stats["diverging"][:, :windows * thin].reshape(
-            c, windows, thin).any(-1)
-        kept["n_steps"] = stats["n_steps"][:, :windows * thin].reshape(
-            c, windows, thin).sum(-1)
-        stats = kept
-    return ws, stats
-
-
 def _progress_bar(progress, total, desc):
     from tqdm.auto import tqdm
 
@@ -284,7 +231,8 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
            seed: int = 0, target_accept: float = 0.8, max_tree_depth: int = 10,
            dense_mass: bool = False, reparam="noncentered", chain_method: str = "vectorized",
            init=None, progress=True, thin: int = 1, step_size: float | None = None,
-           chunk_size: int = 100, log_likelihood: bool | None = None, _after_warmup=None):
+           chunk_size: int = 100, log_likelihood: bool | None = None,
+           checkpoint: str | None = None, _after_warmup=None):
     """Draw from the posterior with the No-U-Turn Sampler and Stan's windowed warmup.
 
     Parameters
@@ -298,7 +246,8 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
     target_accept, max_tree_depth, dense_mass
         Dual-averaging target, NUTS tree depth limit, dense instead of diagonal metric.
     reparam
-        ``"centered"``, ``"noncentered"`` or a dict per node (see :meth:`Model.bind`).
+        ``"centered"``, ``"noncentered"``, ``"auto"`` (per-element centering weights
+        learned in warmup, :mod:`hbm.reparam`) or a dict per node (see :meth:`Model.bind`).
     chain_method
         ``"vectorized"`` (vmap), ``"sequential"`` or ``"sharded"`` (across local devices).
     init
@@ -309,20 +258,23 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
         Iterations per compiled chunk (progress updates and host transfers between chunks).
     log_likelihood
         Store the pointwise log likelihood (for LOO); by default when it is not huge.
+    checkpoint
+        A directory: after every chunk the full sampler state and the draws so far are
+        written there atomically (:mod:`hbm.checkpoint`); :func:`resume` continues.
 
     Returns
     -------
     Fit
+        Interrupted with Ctrl-C during sampling, the draws completed so far, with
+        ``fit.partial`` set.
     """
-    from hbm.results import Fit
-
     chains = _check_int("chains", chains, 1)
     warmup = _check_int("warmup", warmup, 0)
     draws = _check_int("draws", draws, 1)
     thin = _check_int("thin", thin, 1)
     max_tree_depth = _check_int("max_tree_depth", max_tree_depth, 1)
     chunk_size = _check_int("chunk_size", chunk_size, 1)
-    seed = _check_int("seed", seed, 0) if not hasattr(seed, "dtype") else seed
+    seed = _check_int("seed", seed, 0)
     if not 0.0 < float(target_accept) < 1.0:
         raise ConfigurationError(f"target_accept must lie in (0, 1), got {target_accept}")
     if chain_method not in CHAIN_METHODS:
@@ -332,114 +284,285 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
         raise ConfigurationError("warmup=0 needs a step_size (and uses a unit metric)")
     if step_size is not None and not (float(step_size) > 0 and math.isfinite(float(step_size))):
         raise ConfigurationError(f"step_size must be a positive number, got {step_size}")
+    if not (isinstance(reparam, dict) or reparam in ("centered", "noncentered", "auto")):
+        raise ConfigurationError("reparam must be 'centered', 'noncentered', 'auto' or a dict, "
+                                 f"got {reparam!r}")
 
-    auto = isinstance(reparam, str) and reparam == "auto"
+    settings = dict(chains=chains, warmup=warmup, draws=draws, thin=thin, seed=seed,
+                    target_accept=float(target_accept), max_tree_depth=max_tree_depth,
+                    dense_mass=bool(dense_mass), chain_method=chain_method,
+                    chunk_size=chunk_size, step_size=None if step_size is None
+                    else float(step_size), log_likelihood=log_likelihood,
+                    reparam=reparam if isinstance(reparam, str) else "custom")
+    run = _prepare_run(model, data, settings, reparam)
+    run.positions = _initial_positions(run.bound, run.keys["init"], chains, init)
+    return _execute(run, progress=progress, checkpoint=checkpoint, after_warmup=_after_warmup)
+
+
+def resume(path, model: Model, *, progress=True, previous: bool = False, checkpoint=True):
+    """Continue a run from its checkpoint directory ``path`` (written by
+    ``sample(..., checkpoint=path)``). The model cannot be stored on disk (it is Python
+    code), so it is passed again; the data, settings and sampler state come from the
+    checkpoint. With the same seed the continued run gives the same draws as an
+    uninterrupted one. ``previous=True`` resumes from the checkpoint before the last (for
+    when the last is damaged). Further chunks keep checkpointing to ``path`` unless
+    ``checkpoint=False``."""
+    from hbm import checkpoint as ckpt
+
+    _check_model(model)
+    meta, state, draws = ckpt.load(path, previous=previous)
+    settings = meta["settings"]
+    data = {k[len("data/"):]: v for k, v in state.items() if k.startswith("data/")}
+    reparam = meta["bind_reparam"]
+    if isinstance(reparam, dict):
+        reparam = {k: np.asarray(state[f"bind_weights/{k}"]) for k in reparam}
+    run = _prepare_run(model, data, settings, reparam, resumed=True)
+    leaves = [jnp.asarray(state[f"state/{i}"]) for i in range(meta["num_state_leaves"])]
+    run.ws = jax.tree_util.tree_unflatten(run.state_treedef(), leaves)
+    run.weights = {k[len("weights/"):]: jnp.asarray(v) for k, v in state.items()
+                   if k.startswith("weights/")}
+    run.phase, run.done = meta["phase"], int(meta["done"])
+    run.probe_positions = state.get("probe_positions")
+    run.stats.update(meta["warmup_stats"])
+    run.times.update(meta.get("times", {}))
+    if draws:
+        run.chunks = [draws]
+    return _execute(run, progress=progress, checkpoint=path if checkpoint else None,
+                    after_warmup=None)
+
+
+class _Run:
+    """Everything a NUTS run carries from chunk to chunk (the driver's mutable record)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    def state_treedef(self):
+        from hbm.samplers.adaptation import warmup_init
+
+        shape = jax.eval_shape(
+            lambda x: self.programs.init(self.keys["warmup"], x, self.bound.data,
+                                         self.weights, jnp.asarray(1.0, x.dtype)),
+            jax.ShapeDtypeStruct((self.settings["chains"], self.bound.size),
+                                 jnp.result_type(float)))
+        del warmup_init
+        return jax.tree_util.tree_structure(shape)
+
+
+def _prepare_run(model, data, settings, reparam, resumed=False) -> _Run:
+    chains, warmup = settings["chains"], settings["warmup"]
+    auto = reparam == "auto"
     if auto:
         probe = _bind(model, data, "noncentered")
         hierarchical = [n for n in probe.nodes if n.locscale]
         if hierarchical and warmup >= AUTO_REPARAM_MIN_WARMUP:
             bind_reparam = {n.name: np.zeros(n.shape) for n in hierarchical}
+            bound = _bind(model, data, bind_reparam)
         else:
-            auto = False
-            bind_reparam = "noncentered"
-        bound = probe if not auto else _bind(model, data, bind_reparam)
+            auto, bind_reparam, bound = False, "noncentered", probe
     else:
         bind_reparam = reparam
         bound = _bind(model, data, reparam)
     if bound.size == 0:
         raise ModelError("the model has no parameters to sample")
+    log_likelihood = settings["log_likelihood"]
     if log_likelihood is None:
         n_obs = sum(int(np.prod(jnp.shape(bound.data[k]))) for k in _observed_keys(bound))
-        log_likelihood = n_obs * chains * draws <= MAX_LOG_LIKELIHOOD_SIZE
-
-    settings = dict(num_chains=chains, chunk_size=chunk_size,
-                    max_tree_depth=max_tree_depth, target_accept=float(target_accept),
-                    dense_mass=bool(dense_mass), chain_method=chain_method,
-                    store_log_likelihood=bool(log_likelihood),
-                    given_step_size=step_size is not None)
+        log_likelihood = n_obs * chains * settings["draws"] <= MAX_LOG_LIKELIHOOD_SIZE
+    compile_settings = dict(
+        num_chains=chains, chunk_size=settings["chunk_size"],
+        max_tree_depth=settings["max_tree_depth"], target_accept=settings["target_accept"],
+        dense_mass=settings["dense_mass"], chain_method=settings["chain_method"],
+        store_log_likelihood=bool(log_likelihood),
+        given_step_size=settings["step_size"] is not None)
     cache_key = ("nuts", _reparam_signature(bind_reparam), _data_signature(bound.data),
-                 tuple(sorted(settings.items())), jax.config.jax_enable_x64)
-    programs = _cached(model, cache_key, lambda: _build_programs(bound, **settings))
-    data_arg, weights = bound.data, dict(bound.weights)
-
-    key = jax.random.PRNGKey(seed)
+                 tuple(sorted(compile_settings.items())), jax.config.jax_enable_x64)
+    programs = _cached(model, cache_key, lambda: _build_programs(bound, **compile_settings))
+    key = jax.random.PRNGKey(settings["seed"])
     init_key, warmup_key, sample_key, reparam_key = jax.random.split(key, 4)
-    positions = _initial_positions(bound, init_key, chains, init)
-    warmup_keys = jax.random.split(warmup_key, chains)
-    sample_keys = jax.random.split(sample_key, chains)
-    init_step = jnp.asarray(1.0 if step_size is None else float(step_size), positions.dtype)
+    keys = dict(init=init_key, warmup=jax.random.split(warmup_key, chains),
+                sample=jax.random.split(sample_key, chains),
+                reinit=jax.random.split(reparam_key, chains),
+                warmup2=jax.random.split(jax.random.fold_in(reparam_key, 1), chains))
+    phases = []
+    first = max(AUTO_REPARAM_MIN_WARMUP // 2, warmup // 4) if auto else 0
+    if auto:
+        phases.append(("probe", first))
+    if warmup - first > 0:
+        phases.append(("warmup", warmup - first))
+    phases.append(("sampling", settings["draws"] * settings["thin"]))
+    return _Run(model=model, bound=bound, programs=programs, settings=settings, auto=auto,
+                bind_reparam=bind_reparam, log_likelihood=bool(log_likelihood), keys=keys,
+                phases=phases, phase=phases[0][0], done=0, ws=None,
+                weights=dict(bound.weights), probe_positions=None, chunks=[],
+                stats={"divergences": 0, "gradients": 0}, times={}, chunk_times=[],
+                positions=None)
 
-    times = {}
-    bar = _progress_bar(progress, warmup + draws, "warmup" if warmup else "sampling")
-    warmup_stats = {"divergences": 0, "gradients": 0, "chunks": []}
 
-    def count_warmup(out, elapsed, n):
-        warmup_stats["divergences"] += int(out["diverging"].sum())
-        warmup_stats["gradients"] += int(out["n_steps"].sum())
-        warmup_stats["chunks"].append((elapsed, n))
+def _save_checkpoint(run, path, new_draws=None):
+    from hbm import checkpoint as ckpt
 
-    t0 = time.perf_counter()
+    leaves = jax.tree_util.tree_leaves(run.ws)
+    state = {f"state/{i}": np.asarray(v) for i, v in enumerate(leaves)}
+    state.update({f"weights/{k}": np.asarray(v) for k, v in run.weights.items()})
+    state.update({f"data/{k}": np.asarray(v) for k, v in run.bound.data.items()})
+    bind_reparam = run.bind_reparam
+    if isinstance(bind_reparam, dict):
+        state.update({f"bind_weights/{k}": np.asarray(v) for k, v in bind_reparam.items()})
+        bind_meta = {k: "weights" for k in bind_reparam}
+    else:
+        bind_meta = bind_reparam
+    if run.probe_positions is not None:
+        state["probe_positions"] = np.asarray(run.probe_positions)
+    meta = dict(settings=run.settings, phase=run.phase, done=run.done,
+                num_state_leaves=len(leaves), bind_reparam=bind_meta,
+                warmup_stats=run.stats, times=run.times, model=run.model.name)
+    ckpt.save(path, meta, state, new_draws)
+
+
+def _execute(run: _Run, *, progress, checkpoint, after_warmup):
+    """Run (or continue) the phases of ``run`` chunk by chunk; build the Fit."""
+    from hbm.results import Fit
+
+    s = run.settings
+    chains, thin, chunk_size = s["chains"], s["thin"], s["chunk_size"]
+    programs, data = run.programs, run.bound.data
+    total = s["warmup"] + s["draws"]
+    done_before = sum(n for name, n in run.phases[:[p for p, _ in run.phases].index(
+        run.phase)]) + run.done
+    bar = _progress_bar(progress, total, "sampling" if run.phase == "sampling" else "warmup")
+    bar.update(min(done_before, s["warmup"]) + max(0, done_before - s["warmup"]) // thin)
+    if run.ws is None:
+        step = jnp.asarray(1.0 if s["step_size"] is None else s["step_size"],
+                           run.positions.dtype)
+        run.ws = programs.init(run.keys["warmup"], run.positions, data, run.weights, step)
+        if checkpoint is not None:
+            _save_checkpoint(run, checkpoint)
     partial_reason = None
-    chunks = []
+    t_start = time.perf_counter()
     try:
-        ws = programs.init(warmup_keys, positions, data_arg, weights, init_step)
-        remaining = warmup
-        if auto:
-            # phase 1: non-centered warmup; its late draws tell how informative each
-            # group's data are; then restart adaptation in the chosen parameterization
-            first = max(AUTO_REPARAM_MIN_WARMUP // 2, warmup // 4)
-            ws, probe_stats = _run_phase(programs, ws, warmup_keys, first, adapt=True,
-                                         data=data_arg, weights=weights,
-                                         chunk_size=chunk_size, bar=bar,
-                                         on_chunk=count_warmup)
-            from hbm import reparam as reparam_lib
+        for index, (phase, n_iter) in enumerate(run.phases):
+            if phase != run.phase:
+                continue
+            adapt = phase != "sampling"
+            keys = {"probe": run.keys["warmup"],
+                    "warmup": run.keys["warmup2"] if run.auto else run.keys["warmup"],
+                    "sampling": run.keys["sample"]}[phase]
+            if phase == "sampling":
+                bar.set_description("sampling")
+            run.ws = _run_chunks(run, keys, n_iter, adapt, bar, checkpoint)
+            # phase transition
+            if phase == "probe":
+                from hbm import reparam as reparam_lib
 
-            weights = reparam_lib.centering_weights(bound, probe_stats["position"],
-                                                    first // 2)
-            positions = reparam_lib.move_positions(bound, ws.hmc_state.position,
-                                                   bind_reparam, weights)
-            ws = programs.init(jax.random.split(reparam_key, chains), positions, data_arg,
-                               weights, init_step)
-            remaining = warmup - first
-        if remaining > 0:
-            ws, _ = _run_phase(programs, ws, warmup_keys if not auto else jax.random.split(
-                jax.random.fold_in(reparam_key, 1), chains), remaining, adapt=True,
-                data=data_arg, weights=weights, chunk_size=chunk_size, bar=bar,
-                on_chunk=count_warmup, collect=False)
-        jax.block_until_ready(ws)
-        times["warmup"] = time.perf_counter() - t0
-        if _after_warmup is not None and warmup > 0:
-            from hbm.fallback import NUTSDiagnostics
+                run.weights = reparam_lib.centering_weights(run.bound, run.probe_positions,
+                                                            n_iter // 2)
+                positions = reparam_lib.move_positions(run.bound, run.ws.hmc_state.position,
+                                                       run.bind_reparam, run.weights)
+                step = jnp.asarray(1.0 if s["step_size"] is None else s["step_size"],
+                                   positions.dtype)
+                run.ws = programs.init(run.keys["reinit"], positions, data, run.weights, step)
+                run.probe_positions = None
+            if phase != "sampling":
+                run.times["warmup"] = run.times.get("warmup", 0.0) + (
+                    time.perf_counter() - t_start)
+                t_start = time.perf_counter()
+            nxt = run.phases[index + 1][0] if index + 1 < len(run.phases) else None
+            if nxt == "sampling" and after_warmup is not None and s["warmup"] > 0:
+                from hbm.fallback import NUTSDiagnostics
 
-            timed = warmup_stats["chunks"][1:] or warmup_stats["chunks"]
-            per_iteration = sum(t for t, _ in timed) / max(1, sum(n for _, n in timed))
-            _after_warmup(NUTSDiagnostics(
-                initialized=True, step_size=float(np.min(np.asarray(ws.step_size))),
-                warmup_divergent_fraction=warmup_stats["divergences"] / (warmup * chains),
-                seconds_per_warmup_iteration=per_iteration))
-        bar.set_description("sampling")
-        t1 = time.perf_counter()
-        try:
-            ws, stats = _run_phase(programs, ws, sample_keys, draws * thin, adapt=False,
-                                   data=data_arg, weights=weights, chunk_size=chunk_size,
-                                   bar=bar, thin=thin,
-                                   on_chunk=lambda out, e, n: chunks.append(out))
-        except KeyboardInterrupt:
-            done = sum(c["lp"].shape[1] for c in chunks) // thin
-            partial_reason = f"interrupted by the user after {done} of {draws} draws"
-            if done == 0:
-                raise
-            stats = {k: np.concatenate([c[k] for c in chunks], axis=1)[:, thin - 1::thin]
-                     for k in chunks[0]}
-        times["sampling"] = time.perf_counter() - t1
+                timed = run.chunk_times[1:] or run.chunk_times
+                per_iteration = sum(t for t, _ in timed) / max(1, sum(n for _, n in timed))
+                after_warmup(NUTSDiagnostics(
+                    initialized=True, step_size=float(np.min(np.asarray(run.ws.step_size))),
+                    warmup_divergent_fraction=run.stats["divergences"] / (s["warmup"] * chains),
+                    seconds_per_warmup_iteration=per_iteration))
+            if nxt is not None:
+                run.phase, run.done = nxt, 0
+                if checkpoint is not None:
+                    _save_checkpoint(run, checkpoint)
+        run.times["sampling"] = run.times.get("sampling", 0.0) + (time.perf_counter()
+                                                                  - t_start)
+    except KeyboardInterrupt:
+        done = sum(c["lp"].shape[1] for c in run.chunks) // thin
+        if run.phase != "sampling" or done == 0:
+            raise
+        partial_reason = f"interrupted by the user after {done} of {s['draws']} draws"
     finally:
         bar.close()
+    return _build_fit(run, partial_reason)
 
+
+def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
+    """The remaining chunks of the current phase, from ``run.done``."""
+    from hbm.samplers.adaptation import build_schedule
+
+    s = run.settings
+    chunk_size, thin = s["chunk_size"], s["thin"]
+    if adapt:
+        schedule = build_schedule(n_iter)
+        pad = (-n_iter) % chunk_size + chunk_size
+        stage = np.concatenate([schedule.stage, np.zeros(pad, np.int32)])
+        window_end = np.concatenate([schedule.window_end, np.zeros(pad, bool)])
+    else:
+        stage = np.zeros(chunk_size, np.int32)
+        window_end = np.zeros(chunk_size, bool)
+    ws = run.ws
+    while run.done < n_iter:
+        start = run.done
+        sl = slice(start, start + chunk_size) if adapt else slice(0, chunk_size)
+        t0 = time.perf_counter()
+        ws, out = run.programs.chunk(ws, keys, jnp.asarray(start), jnp.asarray(n_iter),
+                                     jnp.asarray(adapt), jnp.asarray(stage[sl]),
+                                     jnp.asarray(window_end[sl]), run.bound.data, run.weights)
+        n = min(chunk_size, n_iter - start)
+        out = {k: np.asarray(v)[:, :n] for k, v in out.items()}
+        elapsed = time.perf_counter() - t0
+        run.ws, run.done = ws, start + n
+        new_draws = None
+        if adapt:
+            run.stats["divergences"] += int(out["diverging"].sum())
+            run.stats["gradients"] += int(out["n_steps"].sum())
+            run.chunk_times.append((elapsed, n))
+            if run.phase == "probe":
+                pos = out["position"]
+                run.probe_positions = pos if run.probe_positions is None else np.concatenate(
+                    [run.probe_positions, pos], axis=1)
+            bar.update(n)
+        else:
+            run.chunks.append(out)
+            new_draws = out
+            before = (start // thin)
+            bar.update((start + n) // thin - before)
+        bar.set_postfix(divergences=int(out["diverging"].sum()) + (
+            run.stats["divergences"] if adapt else sum(int(c["diverging"].sum())
+                                                       for c in run.chunks)),
+            step_size=f"{float(np.mean(out['step_size'][:, -1])):.3g}")
+        if checkpoint is not None:
+            _save_checkpoint(run, checkpoint, new_draws)
+    return ws
+
+
+def _build_fit(run, partial_reason):
+    from hbm.results import Fit
+
+    s = run.settings
+    thin = s["thin"]
+    stats = {k: np.concatenate([c[k] for c in run.chunks], axis=1) for k in run.chunks[0]}
+    n_iter = stats["lp"].shape[1]
+    windows = n_iter // thin
+    kept = {k: v[:, thin - 1:windows * thin:thin] for k, v in stats.items()}
+    if thin > 1:
+        c = stats["lp"].shape[0]
+        kept["diverging"] = stats["diverging"][:, :windows * thin].reshape(
+            c, windows, thin).any(-1)
+        kept["n_steps"] = stats["n_steps"][:, :windows * thin].reshape(
+            c, windows, thin).sum(-1)
+    stats = kept
     xs = stats.pop("position")
     t2 = time.perf_counter()
-    posterior, loglik = _postprocess(programs, xs, data_arg, weights)
-    times["postprocess"] = time.perf_counter() - t2
-    eps = np.asarray(ws.step_size)
+    posterior, loglik = _postprocess(run.programs, xs, run.bound.data, run.weights)
+    run.times["postprocess"] = time.perf_counter() - t2
     sample_stats = dict(
         diverging=stats["diverging"].astype(bool),
         tree_depth=stats["tree_depth"].astype(np.int64),
@@ -449,37 +572,37 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
         lp=stats["lp"],
         acceptance_rate=stats["acceptance_rate"],
     )
-    if auto:
-        chosen = {k: np.asarray(v).round(3).tolist() for k, v in weights.items()}
+    if run.auto:
+        chosen = {k: np.asarray(v).round(3).tolist() for k, v in run.weights.items()}
     else:
         chosen = {k: (v if isinstance(v, str) else np.asarray(v).tolist())
-                  for k, v in bound.reparam.items()}
+                  for k, v in run.bound.reparam.items()}
     info = dict(
         reparam=chosen,
-        reparam_method="auto" if auto else "fixed",
-        step_size=eps,
-        inverse_mass_matrix=np.asarray(ws.inverse_mass_matrix),
-        warmup_divergences=warmup_stats["divergences"],
-        warmup_iterations=warmup,
-        warmup_gradient_evaluations=warmup_stats["gradients"],
-        max_tree_depth=max_tree_depth,
-        target_accept=float(target_accept),
-        dense_mass=bool(dense_mass),
-        chain_method=chain_method,
-        seed=seed,
+        reparam_method="auto" if run.auto else "fixed",
+        step_size=np.asarray(run.ws.step_size),
+        inverse_mass_matrix=np.asarray(run.ws.inverse_mass_matrix),
+        warmup_divergences=run.stats["divergences"],
+        warmup_iterations=s["warmup"],
+        warmup_gradient_evaluations=run.stats["gradients"],
+        max_tree_depth=s["max_tree_depth"],
+        target_accept=s["target_accept"],
+        dense_mass=s["dense_mass"],
+        chain_method=s["chain_method"],
+        seed=s["seed"],
         thin=thin,
-        times=times,
+        times=dict(run.times),
         unconstrained_draws=xs,
     )
-    fit = Fit(posterior, sample_stats, method="nuts", model=model, data=bound.data,
+    model = run.model
+    fit = Fit(posterior, sample_stats, method="nuts", model=model, data=run.bound.data,
               dims=model.dims, coords=model.coords,
-              log_likelihood=loglik if log_likelihood else None,
-              observed_data={k: np.asarray(bound.data[k]) for k in _observed_keys(bound)},
-              info=info)
+              log_likelihood=loglik if run.log_likelihood else None,
+              observed_data=_observed(run.bound), info=info)
     if partial_reason is not None:
         fit.partial = True
         fit.info["partial_reason"] = partial_reason
-    fit.warn(stacklevel=3)
+    fit.warn(stacklevel=4)
     return fit
 
 

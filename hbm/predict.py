@@ -99,10 +99,14 @@ def prior_predictive(model, data=None, draws: int = 1000, seed: int = 0) -> dict
     if not model.can_simulate:
         raise ModelError("a model built with Model.from_logdensity cannot simulate; write "
                          "it as a prior DAG and likelihood")
-    bound = model.bind(data)  # validates and converts the data eagerly
+    converted = {}
+    for key, value in _as_data_dict(data).items():
+        if not isinstance(key, str):
+            raise DataError(f"data keys must be strings, got {key!r}")
+        converted[key] = _convert_leaf(key, value)
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), draws)
     simulate = jax.jit(jax.vmap(lambda key, d: model.simulate(key, d), in_axes=(0, None)))
-    out = simulate(keys, bound.data)
+    out = simulate(keys, converted)
     return {name: np.asarray(value) for name, value in out.items()}
 
 
@@ -301,9 +305,9 @@ def _sample_likelihood(model, p, data, key) -> dict:
     return out
 
 
-def _one_draw_fn(model, fit_data, data, nodes, new_groups):
-    """``(key, params) -> {data_key: draw}`` for one posterior draw."""
-    def one(key, params):
+def _one_draw_fn(model, nodes, new_groups):
+    """``(key, params, fit_data, data) -> {data_key: draw}`` for one posterior draw."""
+    def one(key, params, fit_data, data):
         node_key, lik_key = jax.random.split(key)
         fitted = _Params(params)
         extended = dict(params)
@@ -377,11 +381,14 @@ def predict(fit, data=None, *, new_groups: str = "sample", draws: int | None = N
             for name, v in posterior.items()}
     nodes = _group_nodes(model, fit_data, flat, groups)
 
-    one = _one_draw_fn(model, fit_data, new_data, nodes, new_groups)
+    one = _one_draw_fn(model, nodes, new_groups)
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), chains * kept)
     batch = min(_BATCH, chains * kept)
-    run = jax.jit(lambda ks, ps: jax.lax.map(lambda a: one(*a), (ks, ps), batch_size=batch))
-    out = run(keys, flat)
+
+    def run(ks, ps, fd, nd):
+        return jax.lax.map(lambda a: one(a[0], a[1], fd, nd), (ks, ps), batch_size=batch)
+
+    out = jax.jit(run)(keys, flat, fit_data, new_data)
     result = {k: np.asarray(v).reshape((chains, kept) + tuple(v.shape[1:]))
               for k, v in out.items()}
 

@@ -283,11 +283,30 @@ def test_predict_options_validated(prior_fit):
 
 
 # ------------------------------------------------- correlated intercepts and slopes
+def correlated_draws(n, n_county, centered, seed):
+    """Parameter draws of the varying intercept-slope model (any values will do: the
+    checks are conditional on them)."""
+    rng = np.random.default_rng(seed)
+    rho = rng.uniform(-0.9, 0.9, n)
+    chol = np.zeros((n, 2, 2))
+    chol[:, 0, 0], chol[:, 1, 0], chol[:, 1, 1] = 1.0, rho, np.sqrt(1 - rho**2)
+    draws = {"beta": rng.normal([1.5, -0.7], 0.1, (n, 2)),
+             "sigma_county": rng.uniform(0.2, 1.0, (n, 2)),
+             "L_county": chol, "sigma": rng.uniform(0.5, 1.0, n)}
+    z = rng.normal(size=(n, n_county, 2))
+    if centered:
+        tril = draws["sigma_county"][:, :, None] * chol
+        draws["county_effect"] = z @ np.swapaxes(tril, -1, -2)
+    else:
+        draws["county_z"] = z
+    return draws
+
+
 @pytest.mark.parametrize("centered", [False, True])
 def test_new_groups_with_correlated_effects(centered):
     model, data = hbm.models.radon_varying_intercept_slope(centered=centered)
-    draws = prior_predictive(model, data, draws=1000, seed=4 + centered)
-    fit = fit_from_draws(model, data, draws)
+    fit = fit_from_draws(model, data, correlated_draws(1000, len(model.coords["county"]),
+                                                       centered, seed=4 + centered))
     new = {"county": ["N1", "N1", "N2"], "floor": [0.0, 1.0, 1.0]}
     y = fit.predict(new, seed=8)["y"]
     ym = fit.predict(new, new_groups="mean", seed=8)["y"]
@@ -330,9 +349,15 @@ def small_model(group_level_prior: bool):
     return model, data
 
 
+def small_draws(n=20, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"gamma": rng.normal(size=n), "tau": rng.uniform(0.5, 1.0, n),
+            "effect": rng.normal(size=(n, 3))}
+
+
 def test_group_level_data_must_be_extended_for_new_groups():
     model, data = small_model(group_level_prior=False)
-    fit = fit_from_draws(model, data, prior_predictive(model, data, draws=20), chains=1)
+    fit = fit_from_draws(model, data, small_draws(), chains=1)
     with pytest.raises(DataError, match="'u'.*4 entries"):
         fit.predict({"g": ["a", "new"]})
     out = fit.predict({"g": ["a", "new"], "u": [-1.0, 0.0, 2.0, 5.0]})
@@ -343,7 +368,7 @@ def test_group_level_data_must_be_extended_for_new_groups():
 
 def test_group_specific_prior_refuses_new_groups():
     model, data = small_model(group_level_prior=True)
-    fit = fit_from_draws(model, data, prior_predictive(model, data, draws=20), chains=1)
+    fit = fit_from_draws(model, data, small_draws(), chains=1)
     with pytest.raises(ModelError, match="'effect'.*different distributions"):
         fit.predict({"g": ["new"], "u": [-1.0, 0.0, 2.0, 1.0]})
     assert fit.predict({"g": ["b"]})["y"].shape == (1, 20, 1)

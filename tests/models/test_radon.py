@@ -14,9 +14,9 @@ def radon_df():
     return hbm.datasets.load("radon_mn")
 
 
-def test_floor_is_the_basement_column_as_is(radon_df):
+def test_floor_is_the_basement_column_as_is(radon_df, varying_intercept):
     """HLMdiag's ``basement`` is Gelman and Hill's floor (0 = basement): ~17% ones."""
-    _, data = models.radon_varying_intercept()
+    data = varying_intercept[0]
     np.testing.assert_array_equal(data["floor"], radon_df["basement"].to_numpy())
     assert data["floor"].sum() == 153
     np.testing.assert_array_equal(data["y"], radon_df["log.radon"].to_numpy())
@@ -41,6 +41,13 @@ def test_uranium_is_one_value_per_county(radon_df):
         models.radon_uranium(bad)
 
 
+@pytest.fixture(scope="module")
+def varying_intercept():
+    """The model, its data, and its centered and non-centered bindings."""
+    model, data = models.radon_varying_intercept()
+    return data, model.bind(data, reparam="centered"), model.bind(data, reparam="noncentered")
+
+
 def _point(n_county, seed=3):
     rng = np.random.default_rng(seed)
     beta = np.array([1.3, -0.6])
@@ -49,10 +56,9 @@ def _point(n_county, seed=3):
     return beta, sigma_county, eta, sigma
 
 
-def test_varying_intercept_log_density_matches_formula():
+def test_varying_intercept_log_density_matches_formula(varying_intercept):
     """Flat centered log density = log prior + log likelihood + log-Jacobian of exp."""
-    model, data = models.radon_varying_intercept()
-    bound = model.bind(data, reparam="centered")
+    data, bound, _ = varying_intercept
     assert bound.param_names == ["beta", "sigma_county", "county_effect", "sigma"]
     y, x, j = data["y"], data["floor"], data["county"]
     beta, sigma_county, eta, sigma = _point(85)
@@ -72,11 +78,9 @@ def test_varying_intercept_log_density_matches_formula():
     np.testing.assert_allclose(got, expected, rtol=1e-8)
 
 
-def test_varying_intercept_noncentered_differs_by_the_jacobian():
+def test_varying_intercept_noncentered_differs_by_the_jacobian(varying_intercept):
     """Non-centered coordinates z = eta / sigma_county: density gains 85 log sigma_county."""
-    model, data = models.radon_varying_intercept()
-    centered = model.bind(data, reparam="centered")
-    noncentered = model.bind(data, reparam="noncentered")
+    _, centered, noncentered = varying_intercept
     beta, sigma_county, eta, sigma = _point(85, seed=4)
     flat_c = np.concatenate([beta, [np.log(sigma_county)], eta, [np.log(sigma)]])
     flat_nc = np.concatenate([beta, [np.log(sigma_county)], eta / sigma_county, [np.log(sigma)]])

@@ -1,0 +1,127 @@
+"""Checkpoint and resume: a run killed with SIGKILL resumes to the same draws, bit for bit;
+damaged checkpoints are refused with a clear message; Ctrl-C returns the draws so far."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import hbm
+from hbm.checkpoint import CheckpointError
+
+SETTINGS = dict(chains=2, warmup=200, draws=400, seed=3, chunk_size=20, progress=False)
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import hbm, hbm.checkpoint as ckpt
+    save = ckpt.save
+    def slow_save(*args, **kwargs):          # slow the run down so the parent can kill it
+        save(*args, **kwargs)
+        time.sleep(0.15)
+    ckpt.save = slow_save
+    model, data = hbm.models.eight_schools()
+    hbm.sample(model, data, checkpoint=sys.argv[1], **{settings})
+""").replace("{settings}", repr(SETTINGS))
+
+
+def _reference():
+    model, data = hbm.models.eight_schools()
+    return model, hbm.sample(model, data, **SETTINGS)
+
+
+def _kill_when(path: pathlib.Path, phase: str, done: int):
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            index = path / "checkpoint.json"
+            if index.exists():
+                try:
+                    meta = json.loads(index.read_text())
+                except json.JSONDecodeError:
+                    meta = None
+                if meta and meta["phase"] == phase and meta["done"] >= done:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return meta
+            if proc.poll() is not None:
+                raise AssertionError("the run ended before it could be killed: "
+                                     + proc.stderr.read().decode()[-2000:])
+            time.sleep(0.02)
+        raise AssertionError("timed out waiting for the checkpoint")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("phase, done", [("sampling", 100), ("warmup", 60)])
+def test_killed_run_resumes_to_identical_draws(tmp_path, phase, done):
+    model, reference = _reference()
+    meta = _kill_when(tmp_path / "run", phase, done)
+    assert meta["phase"] == phase
+    resumed = hbm.resume(tmp_path / "run", model, progress=False)
+    for name in reference.posterior:
+        np.testing.assert_array_equal(resumed.posterior[name], reference.posterior[name])
+    for name in ("diverging", "n_steps", "step_size", "energy"):
+        np.testing.assert_array_equal(resumed.sample_stats[name], reference.sample_stats[name])
+
+
+def test_checkpoint_is_readable_without_hbm(tmp_path):
+    model, data = hbm.models.eight_schools()
+    hbm.sample(model, data, checkpoint=tmp_path / "run", **SETTINGS)
+    meta = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert meta["phase"] == "sampling" and meta["done"] == SETTINGS["draws"]
+    chunks = [np.load(tmp_path / "run" / f["file"]) for f in meta["draws_files"]]
+    positions = np.concatenate([c["position"] for c in chunks], axis=1)
+    assert positions.shape == (2, SETTINGS["draws"], 10)
+
+
+def test_damaged_checkpoint_is_refused_and_previous_stays_readable(tmp_path):
+    model, data = hbm.models.eight_schools()
+    run = tmp_path / "run"
+    hbm.sample(model, data, checkpoint=run, **SETTINGS)
+    meta = json.loads((run / "checkpoint.json").read_text())
+    state = run / meta["state_file"]["file"]
+    state.write_bytes(state.read_bytes()[:100])  # truncate
+    with pytest.raises(CheckpointError, match="corrupted or truncated.*previous=True"):
+        hbm.resume(run, model, progress=False)
+    fit = hbm.resume(run, model, progress=False, previous=True, checkpoint=False)
+    assert fit.posterior["mu"].shape == (2, SETTINGS["draws"])
+    (run / "checkpoint.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="index"):
+        hbm.resume(run, model, progress=False)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        hbm.resume(tmp_path / "nothing", model, progress=False)
+
+
+def test_keyboard_interrupt_returns_partial_fit(monkeypatch):
+    import hbm.inference as inference
+
+    model, data = hbm.models.eight_schools()
+    original = inference._save_checkpoint
+    calls = {"n": 0}
+
+    def interrupt(run, path, new_draws=None):
+        if run.phase == "sampling" and run.done >= 100:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+
+    monkeypatch.setattr(inference, "_save_checkpoint", interrupt)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = hbm.sample(model, data, checkpoint="unused", **SETTINGS)
+    assert fit.partial and "interrupted" in fit.info["partial_reason"]
+    assert fit.posterior["mu"].shape == (2, 100)
+    del original
