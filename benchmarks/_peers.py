@@ -466,3 +466,6 @@ def _stan_array(fit, name, chains, iterations, order="C"):
     else:
         a = np.swapaxes(a.reshape(shape + (iterations, chains)), -1, -2)
     return np.moveaxis(np.moveaxis(a, -1, 0), -1, 0)
+
+
+RUNNERS = {"hbm": run_hbm, "blackjax": run_blackjax, "numpyro": run_numpyro, "stan": run_stan}

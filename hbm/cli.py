@@ -66,6 +66,20 @@ def _write_figures(fit, out: pathlib.Path, prefix: str) -> list[pathlib.Path]:
     return written
 
 
+def _ppc_figure(fit, path: pathlib.Path) -> pathlib.Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import arviz as az
+    import matplotlib.pyplot as plt
+
+    fit.predict()
+    az.plot_ppc(fit.to_arviz(), num_pp_samples=100)
+    plt.gcf().savefig(path, dpi=90, bbox_inches="tight")
+    plt.close("all")
+    return path
+
+
 def _demo(args) -> int:
     import numpy as np
     import pandas as pd
@@ -92,28 +106,32 @@ def _demo(args) -> int:
           f"{fit.info['times']['warmup'] + fit.info['times']['sampling']:.1f} s\n")
 
     approx = hbm.advi(model, data, method="fullrank", seed=args.seed, progress=False)
-    mode = hbm.find_map(model, data, seed=args.seed)
-    rows = []
-    for name in scalars:
-        post = fit.posterior[name].reshape(-1, *fit.posterior[name].shape[2:])
-        mean, sd = post.mean(0), post.std(0)
-        adv = approx.posterior[name].reshape(-1, *post.shape[1:]).mean(0)
-        mp = np.asarray(mode.params[name]) if hasattr(mode, "params") else np.asarray(
-            mode.posterior[name]).reshape(-1, *post.shape[1:])[0]
+    print(f"ADVI (full-rank): {approx.info['num_steps']} steps, Pareto k-hat "
+          f"{approx.info['khat']:.2f}\n")
+    report = hbm.map_vs_mean(model, data, fit=fit, seed=args.seed)
+    advi_means = {}
+    for name, draws in approx.posterior.items():
+        mean = draws.reshape(-1, *draws.shape[2:]).mean(0)
         for idx in np.ndindex(mean.shape):
-            label = name + (f"[{','.join(map(str, idx))}]" if idx else "")
-            rows.append((label, mp[idx], mean[idx], sd[idx], adv[idx],
-                         (mp[idx] - mean[idx]) / sd[idx]))
-    table = pd.DataFrame(rows, columns=["parameter", "MAP", "NUTS mean", "NUTS sd",
-                                        "ADVI mean", "(MAP-mean)/sd"]).set_index("parameter")
-    print("MAP and ADVI beside the NUTS posterior mean:")
-    print(table.round(3).to_string())
+            advi_means[(name, idx)] = float(mean[idx])
+    shown = report[[not str(i).split("[")[0].endswith(("_effect", "_z")) for i in report.index]]
+    columns = [c for c in ("map", "mode_jacobian", "mean", "sd", "std_distance", "collapsed",
+                           "outside_90") if c in shown.columns]
+    print("MAP beside the NUTS posterior (population-level parameters):")
+    print(shown[columns].round(3).to_string())
+    print(f"\n  {int(report['collapsed'].sum()) if 'collapsed' in report else 0} collapsed "
+          f"group scale(s); {int(report['outside_90'].sum()) if 'outside_90' in report else 0}"
+          " MAP(s) outside the central 90% posterior interval")
 
     written = []
     nc = out / "radon_nuts.nc"
     fit.to_arviz().to_netcdf(str(nc))
     written.append(nc)
     written += _write_figures(fit, out, "radon")
+    written.append(_ppc_figure(fit, out / "radon_ppc.png"))
+    figure = out / "radon_map_vs_mean.png"
+    hbm.plots.map_vs_mean(report, path=str(figure))
+    written.append(figure)
     print(f"\nwrote {', '.join(str(p) for p in written)}")
     return 0
 

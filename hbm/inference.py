@@ -516,7 +516,7 @@ def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
                                      jnp.asarray(adapt), jnp.asarray(stage[sl]),
                                      jnp.asarray(window_end[sl]), run.bound.data, run.weights)
         n = min(chunk_size, n_iter - start)
-        out = {k: np.asarray(v)[:, :n] for k, v in out.items()}
+        out = {k: v[:, :n] for k, v in jax.device_get(out).items()}
         elapsed = time.perf_counter() - t0
         run.ws, run.done = ws, start + n
         new_draws = None
@@ -611,8 +611,15 @@ def _observed_keys(bound: BoundModel) -> list:
     if model.likelihood is None:
         return []
     if not hasattr(bound, "_observed_keys"):
-        p = bound.constrain(jnp.zeros(bound.size), deterministic=False)
-        bound._observed_keys = list(model.likelihood(p, bound.data))
+        keys = []
+
+        def trace(x):
+            p = bound.constrain(x, deterministic=False)
+            keys.extend(model.likelihood(p, bound.data))
+            return jnp.zeros(())
+
+        jax.eval_shape(trace, jnp.zeros(bound.size))
+        bound._observed_keys = keys
     return bound._observed_keys
 
 

@@ -492,6 +492,15 @@ class BoundModel:
 
     # -------------------------------------------------------------- flat views
     @property
+    def signature(self) -> tuple:
+        """What compiled programs depend on: node structure and data shapes/dtypes."""
+        leaves = jax.tree_util.tree_leaves_with_path(self.data)
+        data_sig = tuple(sorted((jax.tree_util.keystr(path), tuple(jnp.shape(v)),
+                                 str(jnp.asarray(v).dtype)) for path, v in leaves))
+        nodes = tuple((n.name, n.mode, n.shape, n.size) for n in self.nodes)
+        return nodes, data_sig, jax.config.jax_enable_x64
+
+    @property
     def param_names(self) -> list[str]:
         return [n.name for n in self.nodes]
 
@@ -658,6 +667,9 @@ class BoundModel:
         cands = jax.random.uniform(key, (num_tries, num_points, self.size),
                                    minval=-radius, maxval=radius,
                                    dtype=jnp.result_type(float))
+        first = np.asarray(_finite_mask(self, cands[0]))
+        if first.all():  # the usual case: one evaluation per point
+            return cands[0]
         ok = _finite_mask(self, cands.reshape(num_tries * num_points, self.size))
         ok = np.asarray(ok).reshape(num_tries, num_points)
         if not ok.any(axis=0).all():
@@ -696,8 +708,14 @@ class BoundModel:
 
 
 def _finite_mask(bound: BoundModel, xs):
-    def ok(x):
-        lp, g = jax.value_and_grad(bound.logdensity)(x)
-        return jnp.isfinite(lp) & jnp.all(jnp.isfinite(g))
+    """Whether the log density and its gradient are finite at each row of ``xs``; the
+    compiled check is cached per model structure, with the data as an argument."""
+    key = ("finite_mask", bound.signature)
+    cache = bound.model._bind_cache
+    if key not in cache:
+        def ok(x, data, weights):
+            lp, g = jax.value_and_grad(bound.logdensity)(x, data, weights)
+            return jnp.isfinite(lp) & jnp.all(jnp.isfinite(g))
 
-    return jax.jit(jax.vmap(ok))(xs)
+        cache[key] = jax.jit(jax.vmap(ok, in_axes=(0, None, None)))
+    return cache[key](xs, bound.data, bound.weights)

@@ -234,6 +234,9 @@ class Fit:
             "log_likelihood": self.log_likelihood,
             "observed_data": self.observed_data,
             "warmup_sample_stats": self.warmup_sample_stats,
+            "posterior_predictive": getattr(self, "posterior_predictive", None),
+            "predictions": getattr(self, "predictions", None),
+            "predictions_constant_data": getattr(self, "predictions_constant_data", None),
         }
         groups = {group: dict(arrays) for group, arrays in groups.items() if arrays}
         dims = {name: list(names) for name, names in self.dims.items()}

@@ -375,8 +375,6 @@ def test_group_specific_prior_refuses_new_groups():
 
 
 # ------------------------------------------------------------------------- ArviZ
-@pytest.mark.xfail(strict=True, reason="Fit._arviz_inputs does not read the prediction "
-                   "groups yet (needs a 3-line change in hbm/results.py)")
 def test_to_arviz_gains_prediction_groups(prior_fit):
     prior_fit.predict(draws=5)
     prior_fit.predict({"county": ["AITKIN", "NEW"], "floor": [0.0, 1.0]}, draws=5)

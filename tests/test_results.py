@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hbm import fit as fit_module
+from hbm import results as fit_module
 from hbm.diagnostics import arviz_major_version, load_arviz
 from hbm.errors import ConfigurationError, DataError, HbmError
 from hbm.results import METHODS, Fit, UnknownVariableError
@@ -148,12 +148,6 @@ def test_repr_is_short_summary(rng):
     assert "divergences=1" in text
     assert "fallback_reason='too many divergences'" in text and "partial=True" in text
     assert "\n" not in text
-
-
-def test_predict_is_not_implemented(rng):
-    fit, _, _ = full_fit(rng)
-    with pytest.raises(NotImplementedError, match="predict"):
-        fit.predict({"y": np.zeros(3)})
 
 
 # --------------------------------------------------------------------- ArviZ

@@ -165,13 +165,13 @@ def test_second_run_on_same_shaped_data_does_not_recompile():
     hbm.sample(model, DATA, **kwargs)
     programs = [v for k, v in model._bind_cache.items() if k[0] == "nuts"]
     assert len(programs) == 1
-    sizes = (programs[0].warmup_chunk._cache_size(), programs[0].sample_chunk._cache_size())
+    sizes = (programs[0].init._cache_size(), programs[0].chunk._cache_size())
+    assert sizes == (1, 1)
     other = {"y": Y[::-1].copy(), "sigma": SIGMA + 1.0}
     fit = hbm.sample(model, other, **kwargs)
     programs = [v for k, v in model._bind_cache.items() if k[0] == "nuts"]
     assert len(programs) == 1
-    assert (programs[0].warmup_chunk._cache_size(),
-            programs[0].sample_chunk._cache_size()) == sizes
+    assert (programs[0].init._cache_size(), programs[0].chunk._cache_size()) == sizes
     np.testing.assert_array_equal(fit.observed_data["y"] if hasattr(fit, "observed_data")
                                   else other["y"], other["y"])
 
