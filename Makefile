@@ -22,8 +22,8 @@ demo: $(STAMP)
 	$(BIN)/hbm demo
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
-	$(BIN)/python benchmarks/ess_per_second.py
+	$(BIN)/python -m pip install --quiet -e ".[bench,stan]"
+	$(BIN)/python -m benchmarks.ess_per_second --out bench-out
 
 clean:
 	rm -rf $(VENV) hbm-demo .pytest_cache

@@ -131,11 +131,17 @@ def _limit_map(model, data, collapsed: set[str], scales_of: dict, seed: int, res
     normal float, and L-BFGS optimizes the rest. Returns constrained params, or ``None``
     when a collapsed scale is not a plain positive node (then find_map's point is kept).
     """
+    from hbm.errors import HbmError
     from hbm.samplers.optimize import find_mode
 
     reparam = {name: ("noncentered" if depends & collapsed else "centered")
                for name, depends in scales_of.items()}
     bound = model.bind(data, reparam=reparam)
+    covered = set().union(*scales_of.values()) if scales_of else set()
+    if not collapsed <= covered:
+        # a collapsed scale of a node that is not a univariate location-scale family
+        # (e.g. a multivariate normal): the limit cannot be written; keep find_map's point
+        return None
     fixed = []
     for node in bound.nodes:
         if node.name in collapsed:
@@ -155,7 +161,10 @@ def _limit_map(model, data, collapsed: set[str], scales_of: dict, seed: int, res
         return bound.logdensity(full(x_free), jacobian=False)
 
     inits = bound.init_many(jax.random.PRNGKey(seed), restarts)[:, free]
-    result = find_mode(logdensity_free, inits)
+    try:
+        result = find_mode(logdensity_free, inits)
+    except HbmError:
+        return None
     params = bound.constrain(full(result.position), deterministic=False)
     return {k: np.asarray(v) for k, v in params.items()}
 

@@ -208,7 +208,10 @@ def _initial_positions(bound: BoundModel, key, num_chains, init):
         params = bound.constrain(random_start[c], deterministic=False)
         for name, value in init.items():
             shape = bound.param_shapes[name]
-            value = jnp.asarray(value, dtype=jnp.result_type(float))
+            try:
+                value = jnp.asarray(np.asarray(value, dtype=float), dtype=jnp.result_type(float))
+            except (TypeError, ValueError) as e:
+                raise ModelError(f"init['{name}'] is not a numeric array: {e}") from e
             if value.shape == (num_chains,) + tuple(shape) and value.shape != tuple(shape):
                 value = value[c]
             if value.shape != tuple(shape):
@@ -275,16 +278,24 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
     max_tree_depth = _check_int("max_tree_depth", max_tree_depth, 1)
     chunk_size = _check_int("chunk_size", chunk_size, 1)
     seed = _check_int("seed", seed, 0)
+    if seed >= 2**63:
+        raise ConfigurationError(f"seed must be below 2**63, got {seed}")
+    for name, value in (("target_accept", target_accept), ("step_size", step_size)):
+        try:
+            value is None or float(value)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
     if not 0.0 < float(target_accept) < 1.0:
         raise ConfigurationError(f"target_accept must lie in (0, 1), got {target_accept}")
-    if chain_method not in CHAIN_METHODS:
+    if not isinstance(chain_method, str) or chain_method not in CHAIN_METHODS:
         raise ConfigurationError(f"chain_method must be one of {CHAIN_METHODS}, got "
                                  f"{chain_method!r}")
     if warmup == 0 and step_size is None:
         raise ConfigurationError("warmup=0 needs a step_size (and uses a unit metric)")
     if step_size is not None and not (float(step_size) > 0 and math.isfinite(float(step_size))):
         raise ConfigurationError(f"step_size must be a positive number, got {step_size}")
-    if not (isinstance(reparam, dict) or reparam in ("centered", "noncentered", "auto")):
+    if not (isinstance(reparam, dict) or (isinstance(reparam, str) and reparam in (
+            "centered", "noncentered", "auto"))):
         raise ConfigurationError("reparam must be 'centered', 'noncentered', 'auto' or a dict, "
                                  f"got {reparam!r}")
 
@@ -602,7 +613,7 @@ def _build_fit(run, partial_reason):
     if partial_reason is not None:
         fit.partial = True
         fit.info["partial_reason"] = partial_reason
-    fit.warn(stacklevel=4)
+    fit.warn(stacklevel=5)
     return fit
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from hbm import constraints
 from hbm.dist.base import Distribution
-from hbm.errors import DataError, InitializationError, ModelError, ModelTypeError
+from hbm.errors import DataError, HbmError, InitializationError, ModelError, ModelTypeError
 from hbm.transforms import biject_to
 
 REPARAM_MODES = ("centered", "noncentered")
@@ -101,7 +101,7 @@ def _convert_leaf(key, value):
         except Exception as e:  # ragged lists and the like
             raise DataError(f"data key '{key}' is not a numeric array: {e}") from e
         if not isinstance(arr, jax.Array):
-            if arr.dtype == object or not (
+            if arr.dtype == object or np.issubdtype(arr.dtype, np.complexfloating) or not (
                 np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
             ):
                 raise DataError(
@@ -115,6 +115,8 @@ def _convert_leaf(key, value):
                     f"{tuple(int(i) for i in bad[0])}; drop or impute them"
                 )
             return jnp.asarray(arr)
+        if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+            raise DataError(f"data key '{key}' is complex (dtype {arr.dtype}); data must be real")
         if jnp.issubdtype(arr.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(arr))):
             bad = np.argwhere(~np.isfinite(np.asarray(arr)))
             raise DataError(
@@ -158,6 +160,182 @@ def _check_args(dist: Distribution, where: str):
 def _support_violations(dist: Distribution, value) -> np.ndarray:
     ok = np.asarray(dist.support.check(value))
     return np.broadcast_to(ok, np.shape(ok))
+
+
+def _check_group_codes(coords: dict, data: dict):
+    """A data key named like a dim of ``coords`` holds integer group codes in
+    ``[0, len(coords[dim]))``; whole-number floats are converted to integers."""
+    for key in list(data):
+        value = data[key]
+        if key not in coords or isinstance(value, dict) or not _is_concrete(value):
+            continue
+        try:
+            n = len(coords[key])
+        except TypeError:
+            raise ModelError(f"coords['{key}'] must be a sequence of labels, got "
+                             f"{type(coords[key]).__name__}") from None
+        arr = np.asarray(value)
+        where = (f"data key '{key}' holds group codes of dim '{key}' (coords['{key}'] has {n} "
+                 f"labels, valid codes are 0..{n - 1})")
+        if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
+            raise DataError(f"{where} but has dtype {arr.dtype}")
+        if not np.issubdtype(arr.dtype, np.integer):
+            whole = arr == np.floor(arr)
+            if not np.all(whole):
+                first = tuple(int(i) for i in np.argwhere(~whole)[0])
+                raise DataError(f"{where} but holds the non-integer value {arr[first]} at "
+                                f"index {first}")
+        bad = (arr < 0) | (arr >= n)
+        if np.any(bad):
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise DataError(f"{where} but holds {arr[first].item()} at index {first}; "
+                            f"{int(np.sum(bad))} code(s) out of range")
+        if not np.issubdtype(arr.dtype, np.integer):
+            data[key] = jnp.asarray(arr.astype(np.int32))
+
+
+def _call_user(fn, params, data, where):
+    """Call a model function during the eager structure pass; a raw error it raises on
+    valid parameter values becomes a ModelError naming the culprit."""
+    try:
+        return fn(params, data)
+    except HbmError:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised with the culprit named
+        raise ModelError(f"{where} failed on valid parameter values: "
+                         f"{type(e).__name__}: {e}") from e
+
+
+#: Primitives whose index operands are clamped (or undefined) when out of bounds.
+_INDEXING = ("gather", "dynamic_slice")
+#: Call-like primitives whose inner jaxpr is walked (so indexing inside them is seen).
+_CALLS = ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
+          "custom_vjp_call_jaxpr", "remat", "checkpoint")
+
+
+def _walk_indexing(jaxpr, consts, args, arg_keys, used: set, data: dict):
+    """Evaluate on concrete values the part of ``jaxpr`` that computes indices, tracking
+    which data keys each value depends on; an indexing op whose indices depend on data
+    keys must be in bounds. ``args`` are thunks (evaluated only when needed)."""
+    from jax.extend.core import Literal
+
+    def is_var(v):
+        return not isinstance(v, Literal)
+
+    keys = {v: k for v, k in zip(jaxpr.invars, arg_keys)}
+    checks, calls = [], []
+    for eqn in jaxpr.eqns:  # forward: data-key dependence of every variable
+        in_keys = [keys.get(v, frozenset()) if is_var(v) else frozenset() for v in eqn.invars]
+        depends = frozenset().union(*in_keys)
+        sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+        if depends and eqn.primitive.name in _CALLS and sub is not None:
+            calls.append(eqn)
+        elif eqn.primitive.name in _INDEXING and frozenset().union(*in_keys[1:]):
+            checks.append(eqn)
+        for v in eqn.outvars:
+            keys[v] = depends
+    needed = {v for e in checks for v in e.invars[1:] if is_var(v)}
+    needed |= {v for e in calls for v in e.invars if is_var(v)}
+    todo = set(map(id, checks + calls))
+    for eqn in reversed(jaxpr.eqns):  # backward: the slice that computes the indices
+        if id(eqn) in todo or any(v in needed for v in eqn.outvars):
+            todo.add(id(eqn))
+            needed |= {v for v in eqn.invars if is_var(v)}
+    env = dict(zip(jaxpr.constvars, consts))
+    thunks = dict(zip(jaxpr.invars, args))
+
+    def read(v):
+        if not is_var(v):
+            return v.val
+        if v not in env:
+            env[v] = thunks[v]()
+        return env[v]
+
+    for eqn in jaxpr.eqns:
+        if id(eqn) not in todo:
+            continue
+        values = [read(v) for v in eqn.invars]
+        in_keys = [keys.get(v, frozenset()) if is_var(v) else frozenset() for v in eqn.invars]
+        if eqn in calls:
+            sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+            inner, inner_consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else \
+                (sub, ())
+            _walk_indexing(inner, inner_consts, [lambda x=x: x for x in values], in_keys,
+                           used, data)
+        if eqn in checks:
+            _check_indices(eqn, values, in_keys, used, data)
+        if any(v in needed for v in eqn.outvars):
+            outs = eqn.primitive.bind(*values, **eqn.params)
+            outs = outs if eqn.primitive.multiple_results else [outs]
+            env.update(zip(eqn.outvars, outs))
+
+
+def _check_indices(eqn, values, in_keys, used: set, data: dict):
+    index_keys = sorted(frozenset().union(*in_keys[1:]))
+    used.update(index_keys)
+    if eqn.primitive.name == "gather":
+        operand, indices = values[0], np.asarray(values[1])
+        dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
+        bounds = [(indices[..., j], np.shape(operand)[dim] - sizes[dim], np.shape(operand)[dim])
+                  for j, dim in enumerate(dn.start_index_map)]
+    else:
+        operand, starts = values[0], values[1:]
+        sizes = eqn.params["slice_sizes"]
+        bounds = [(np.asarray(s), np.shape(operand)[j] - sizes[j], np.shape(operand)[j])
+                  for j, s in enumerate(starts[:np.ndim(operand)])]
+    for idx, high, length in bounds:
+        bad = (idx < 0) | (idx > high)
+        if not np.any(bad):
+            continue
+        first = tuple(int(i) for i in np.argwhere(bad)[0]) if np.ndim(bad) else ()
+        value = idx[first].item()
+        # name the one key holding exactly this value there, when there is one
+        culprits = [k for k in index_keys if np.shape(data[k]) == np.shape(idx)
+                    and np.asarray(data[k])[first] == value] if len(index_keys) > 1 else []
+        names = culprits if len(culprits) == 1 else index_keys
+        raise DataError(
+            f"data key{'s' if len(names) > 1 else ''} {', '.join(repr(k) for k in names)} "
+            f"index{'' if len(names) > 1 else 'es'} an axis of length {length} in the "
+            f"likelihood, but holds {value} at index {first}; valid indices are "
+            f"0..{length - 1}")
+
+
+def _check_index_data(p, data: dict, likelihood):
+    """Integer data arrays that index parameters in the likelihood (``p["a"][d["g"]]``)
+    must hold indices in bounds and no negative values: JAX clamps out-of-bounds gathers
+    or returns arbitrary values, and wraps negative ones, silently. Found by tracing the
+    likelihood to a jaxpr and evaluating it on the concrete data, following which data
+    keys each index depends on. Best effort: a likelihood that cannot be traced or
+    evaluated this way is not checked."""
+    int_keys = sorted(k for k, v in data.items()
+                      if isinstance(v, jax.Array) and _is_concrete(v)
+                      and jnp.issubdtype(v.dtype, jnp.integer))
+    if not int_keys:
+        return
+    others = {k: v for k, v in data.items() if k not in int_keys}
+
+    def total(*arrays):
+        dview = _Data({**others, **dict(zip(int_keys, arrays))}, reader="the likelihood")
+        return [jnp.sum(d.log_prob(dview[k])) for k, d in likelihood(p, dview).items()]
+
+    arrays = [data[k] for k in int_keys]
+    used: set = set()
+    try:
+        closed = jax.make_jaxpr(total)(*arrays)
+        _walk_indexing(closed.jaxpr, closed.consts, [lambda a=a: a for a in arrays],
+                       [frozenset([k]) for k in int_keys], used, data)
+    except DataError:
+        raise
+    except Exception:  # noqa: BLE001 - an optional check; the model was validated above
+        return
+    for key in sorted(used):
+        arr = np.asarray(data[key])
+        if np.any(arr < 0):
+            first = tuple(int(i) for i in np.argwhere(arr < 0)[0])
+            raise DataError(f"data key '{key}' indexes a parameter in the likelihood but holds "
+                            f"the negative value {arr[first].item()} at index {first}; "
+                            "indices must lie in 0..length-1 (negative ones would silently "
+                            "wrap around)")
 
 
 # ----------------------------------------------------------------------- structure
@@ -348,6 +526,10 @@ class BoundModel:
     # ---------------------------------------------------------------- structure
     def _build(self, reparam):
         model, data = self.model, self.data
+        if not isinstance(model.coords, dict):
+            raise ModelError(f"coords must be a dict dim -> labels, got "
+                             f"{type(model.coords).__name__}")
+        _check_group_codes(model.coords, data)
         if isinstance(reparam, str):
             if reparam not in REPARAM_MODES:
                 raise ModelError(f"reparam must be one of {REPARAM_MODES} or a dict, got "
@@ -382,8 +564,8 @@ class BoundModel:
         for name, node in model.prior.items():
             p.node = name
             dview.reader = f"prior node '{name}'"
-            d = _node_fn(node)(p, dview)
             where = f"prior node '{name}'"
+            d = _call_user(_node_fn(node), p, dview, where=where)
             if not isinstance(d, Distribution):
                 raise ModelTypeError(f"{where} must give a Distribution, got "
                                      f"{type(d).__name__}")
@@ -405,8 +587,12 @@ class BoundModel:
                                          f"{REPARAM_MODES} or weights, got {choice!r}")
                     mode = choice
                 else:
-                    w = jnp.broadcast_to(jnp.asarray(choice, dtype=jnp.result_type(float)),
-                                         shape)
+                    try:
+                        w = jnp.broadcast_to(jnp.asarray(np.asarray(choice, dtype=float),
+                                                         dtype=jnp.result_type(float)), shape)
+                    except (TypeError, ValueError) as e:
+                        raise ModelError(f"centering weights for '{name}' must be numbers in "
+                                         f"[0, 1] broadcasting to shape {shape}: {e}") from e
                     if not bool(jnp.all((w >= 0) & (w <= 1))):
                         raise ModelError(f"centering weights for '{name}' must lie in [0, 1]")
                     mode = "partial"
@@ -438,7 +624,8 @@ class BoundModel:
         model, data = self.model, self.data
         if model.likelihood is None:
             return
-        lik = model.likelihood(p, _Data(data, reader="the likelihood"))
+        lik = _call_user(model.likelihood, p, _Data(data, reader="the likelihood"),
+                         where="the likelihood")
         if not isinstance(lik, dict) or not all(isinstance(v, Distribution)
                                                 for v in lik.values()):
             raise ModelError("the likelihood must return a dict {data_key: Distribution}, "
@@ -453,6 +640,12 @@ class BoundModel:
                 raise ModelError(f"'{key}' is both a parameter and an observed data key")
             _check_args(d, f"likelihood of '{key}'")
             obs = data[key]
+            if isinstance(obs, dict):
+                raise DataError(f"data key '{key}' explained by the likelihood must be an "
+                                "array, got a dict")
+            if obs.size == 0:
+                raise DataError(f"data key '{key}' has no observations (shape "
+                                f"{tuple(obs.shape)}); drop the key from the likelihood")
             try:
                 shape = jnp.broadcast_shapes(d.shape, obs.shape)
             except ValueError:
@@ -480,6 +673,7 @@ class BoundModel:
                     f"({d.support}) of its {type(d).__name__} likelihood, first at index "
                     f"{first}: {np.asarray(obs)[first]}"
                 )
+        _check_index_data(p, data, model.likelihood)
 
     def _check_density_shape(self):
         x = jnp.zeros(self.size)

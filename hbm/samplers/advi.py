@@ -74,9 +74,11 @@ class VariationalParams(NamedTuple):
     Attributes
     ----------
     mean : (d,) array
-    scale : (d,) array of log standard deviations (meanfield), or a (d, d) array whose
-        strictly lower triangle is the off-diagonal of the Cholesky factor and whose
-        diagonal holds the log of its diagonal (fullrank).
+    scale : (d,) array of log standard deviations (meanfield), or a (d, d) array ``R``
+        (fullrank) giving the Cholesky factor ``L = diag(exp(diag(R))) (I + tril(R, -1))``:
+        the diagonal holds the log of ``L``'s diagonal and the strictly lower triangle
+        the dimensionless off-diagonal of its unit lower-triangular part (row ``i`` of
+        ``L`` is row ``i`` of ``I + tril(R, -1)`` times ``exp(R_ii)``).
     """
 
     mean: jax.Array
@@ -139,7 +141,13 @@ def scale_tril(params: VariationalParams, method: str) -> jax.Array:
 
 
 def _fullrank_factor(raw: jax.Array) -> jax.Array:
-    return jnp.tril(raw, -1) + jnp.diag(jnp.exp(jnp.diag(raw)))
+    """``L = diag(exp(diag(raw))) (I + tril(raw, -1))``: rows scaled by positive sds.
+
+    The strictly lower triangle is dimensionless (unit lower-triangular factor), so the
+    same step size suits every entry whatever the scales of the coordinates.
+    """
+    unit = jnp.tril(raw, -1) + jnp.eye(raw.shape[-1], dtype=raw.dtype)
+    return jnp.exp(jnp.diag(raw))[:, None] * unit
 
 
 def _log_diag(params: VariationalParams, method: str) -> jax.Array:
@@ -185,6 +193,22 @@ def _entropy(params: VariationalParams, method: str) -> jax.Array:
 # Optimizer, init, one step
 
 
+def _row_step_scale(leaf: jax.Array) -> jax.Array | float:
+    """Step multiplier: ``1 / sqrt(d)`` off the diagonal of a (d, d) leaf, else 1.
+
+    Per-coordinate normalized steps move each of the up to ``d - 1`` off-diagonal
+    entries of a row of the full-rank factor by about the same amount; with their
+    independent signs the row moves by ``sqrt(d)`` times a diagonal step, which makes
+    a learning rate that suits the mean and the log-sds far too large for the factor.
+    Dividing the off-diagonal steps by ``sqrt(d)`` balances the two.
+    """
+    if leaf.ndim != 2:
+        return 1.0
+    d = leaf.shape[-1]
+    off = jnp.tril(jnp.ones(leaf.shape, dtype=bool), -1)
+    return jnp.where(off, 1.0 / math.sqrt(d), 1.0).astype(leaf.dtype)
+
+
 class _StepSizeSequenceState(NamedTuple):
     count: jax.Array
     mean_square: optax.Params
@@ -201,6 +225,8 @@ def adaptive_step_size_sequence(
     gradient scale like RMSprop, but decaying (Robbins-Monro) and damped by ``tau`` when
     gradients vanish, so it stays stable near an exact optimum (where Adam's normalized
     steps would keep jumping). The updates descend, i.e. they are ``-rho_k * g_k``.
+    On a (d, d) leaf (the full-rank factor) the off-diagonal steps are further divided
+    by ``sqrt(d)`` (see :func:`_row_step_scale`).
     Unlike Stan (which scales step ``k`` by ``s_k``), the current gradient enters the
     scale only when it is an outlier, so that the step size hardly correlates with the
     gradient and the noisy iteration is not biased by it.
@@ -230,7 +256,9 @@ def adaptive_step_size_sequence(
         )
         decay = count.astype(jnp.result_type(float)) ** (-0.5 + 1e-16)
         new_updates = jax.tree_util.tree_map(
-            lambda g, s: -learning_rate * decay * g / (tau + jnp.sqrt(s)), updates, scale
+            lambda g, s: -learning_rate * decay * _row_step_scale(g) * g / (tau + jnp.sqrt(s)),
+            updates,
+            scale,
         )
         return new_updates, _StepSizeSequenceState(count, mean_square)
 
@@ -266,16 +294,18 @@ def advi_init(
     method: str = "meanfield",
     optimizer: optax.GradientTransformation | None = None,
     *,
-    init_log_sd: float = 0.0,
+    init_log_sd: float | jax.Array = 0.0,
 ) -> ADVIState:
-    """Start ADVI at ``mean = position`` with all standard deviations ``exp(init_log_sd)``.
+    """Start ADVI at ``mean = position`` with standard deviations ``exp(init_log_sd)``.
 
     Parameters
     ----------
     position : (d,) array, the initial mean (unconstrained).
     method : "meanfield" or "fullrank".
     optimizer : optax transformation; ``None`` uses :func:`default_optimizer`.
-    init_log_sd : log of the initial standard deviations (Stan uses 0).
+    init_log_sd : log of the initial standard deviations, a scalar (Stan uses 0) or a
+        (d,) array (e.g. a mean-field fit's, to start full-rank from it with no
+        correlations).
     """
     _check_method(method)
     position = jnp.asarray(position)
@@ -286,10 +316,16 @@ def advi_init(
     if not jnp.issubdtype(position.dtype, jnp.floating):
         position = position.astype(jnp.result_type(float))
     d = position.shape[0]
+    log_sd = jnp.asarray(init_log_sd, dtype=position.dtype)
+    if log_sd.ndim > 1 or log_sd.size not in (1, d):
+        raise ConfigurationError(
+            f"init_log_sd must be a scalar or have shape ({d},), got {log_sd.shape}"
+        )
+    log_sd = jnp.broadcast_to(log_sd.reshape(-1) if log_sd.ndim else log_sd, (d,))
     if method == "meanfield":
-        scale = jnp.full((d,), init_log_sd, dtype=position.dtype)
+        scale = log_sd
     else:
-        scale = jnp.diag(jnp.full((d,), init_log_sd, dtype=position.dtype))
+        scale = jnp.diag(log_sd)
     params = VariationalParams(position, scale)
     optimizer = default_optimizer() if optimizer is None else optimizer
     return ADVIState(params, optimizer.init(params), jnp.zeros((), dtype=jnp.int32))
