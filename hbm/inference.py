@@ -232,7 +232,7 @@ def _initial_positions(bound: BoundModel, key, num_chains, init):
 
 def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draws: int = 1000,
            seed: int = 0, target_accept: float = 0.8, max_tree_depth: int = 10,
-           dense_mass: bool = False, reparam="noncentered", chain_method: str = "vectorized",
+           dense_mass: bool = False, reparam="auto", chain_method: str = "vectorized",
            init=None, progress=True, thin: int = 1, step_size: float | None = None,
            chunk_size: int = 100, log_likelihood: bool | None = None,
            checkpoint: str | None = None, _after_warmup=None):
@@ -249,8 +249,10 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
     target_accept, max_tree_depth, dense_mass
         Dual-averaging target, NUTS tree depth limit, dense instead of diagonal metric.
     reparam
-        ``"centered"``, ``"noncentered"``, ``"auto"`` (per-element centering weights
-        learned in warmup, :mod:`hbm.reparam`) or a dict per node (see :meth:`Model.bind`).
+        ``"auto"`` (default: per-element centering weights learned in warmup, see
+        :mod:`hbm.reparam`; with less than 150 warmup iterations it samples
+        non-centered), ``"centered"``, ``"noncentered"``, or a dict per node (see
+        :meth:`Model.bind`).
     chain_method
         ``"vectorized"`` (vmap), ``"sequential"`` or ``"sharded"`` (across local devices).
     init
@@ -280,6 +282,10 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
     seed = _check_int("seed", seed, 0)
     if seed >= 2**63:
         raise ConfigurationError(f"seed must be below 2**63, got {seed}")
+    for name, value in (("chains", chains), ("warmup", warmup), ("draws", draws),
+                        ("thin", thin), ("chunk_size", chunk_size)):
+        if value >= 2**31:
+            raise ConfigurationError(f"{name} must be below 2**31, got {value}")
     for name, value in (("target_accept", target_accept), ("step_size", step_size)):
         try:
             value is None or float(value)
@@ -325,7 +331,9 @@ def resume(path, model: Model, *, progress=True, previous: bool = False, checkpo
     settings = meta["settings"]
     data = {k[len("data/"):]: v for k, v in state.items() if k.startswith("data/")}
     reparam = meta["bind_reparam"]
-    if isinstance(reparam, dict):
+    if settings["reparam"] == "auto":
+        reparam = "auto"  # rebuilds the same phases; the chosen weights come from the state
+    elif isinstance(reparam, dict):
         reparam = {k: np.asarray(state[f"bind_weights/{k}"]) for k in reparam}
     run = _prepare_run(model, data, settings, reparam, resumed=True)
     leaves = [jnp.asarray(state[f"state/{i}"]) for i in range(meta["num_state_leaves"])]

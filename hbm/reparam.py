@@ -73,10 +73,15 @@ def move_positions(bound, xs, old_reparam, new_weights):
     """Map flat positions (chains, dim) from the parameterization ``old_reparam`` (as
     given to :meth:`hbm.Model.bind`) to the one with centering weights ``new_weights``,
     through the model's own parameters."""
-    old = bound.model.bind(bound.data, reparam=old_reparam)
+    key = ("move_positions", bound.signature)
+    cache = bound.model._bind_cache
+    if key not in cache:
+        old = bound.model.bind(bound.data, reparam=old_reparam)
 
-    def move(x):
-        params = old.constrain(x, deterministic=False)
-        return bound.unconstrain(params, weights=new_weights)
+        def move(x, data, old_weights, weights):
+            params = old.constrain(x, data, old_weights, deterministic=False)
+            return bound.unconstrain(params, data, weights)
 
-    return jax.jit(jax.vmap(move))(jnp.asarray(xs))
+        cache[key] = (old.weights, jax.jit(jax.vmap(move, in_axes=(0, None, None, None))))
+    old_weights, move = cache[key]
+    return move(jnp.asarray(xs), bound.data, old_weights, new_weights)

@@ -74,7 +74,7 @@ def z_scores(draws, exact_mean):
 def test_eight_schools_noncentered_matches_exact_posterior():
     exact = eight_schools_exact_moments()
     fit = hbm.sample(eight_schools(), DATA, chains=4, warmup=500, draws=1000, seed=1,
-                     progress=False)
+                     reparam="noncentered", progress=False)
     assert fit.posterior["theta"].shape == (4, 1000, 8)
     assert fit.info["reparam"] == {"theta": "noncentered"}
     for name in ("mu", "tau", "theta"):

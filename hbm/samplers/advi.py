@@ -108,7 +108,10 @@ class ADVIResult(NamedTuple):
     elbo_evaluations : ((step, windowed ELBO), ...) at every ``eval_elbo`` steps.
     num_steps : number of optimization steps taken (after the learning-rate search).
     converged : whether the relative-ELBO-change criterion was met before ``max_steps``.
-    learning_rate : the learning rate used, or ``None`` for a user-supplied optimizer.
+    learning_rate : the learning rate used (by the full-rank stage for fullrank), or
+        ``None`` for a user-supplied optimizer.
+    meanfield_steps : steps of the mean-field stage (all of them for meanfield; the
+        warm start, included in ``num_steps``, for fullrank).
     """
 
     method: str
@@ -121,6 +124,7 @@ class ADVIResult(NamedTuple):
     num_steps: int
     converged: bool
     learning_rate: float | None
+    meanfield_steps: int = 0
 
 
 # ----------------------------------------------------------------------------------------
@@ -456,14 +460,15 @@ def _usable(params: VariationalParams, method: str) -> bool:
 
 
 def _search_learning_rate(
-    key, position, logdensity_fn, method, mc_samples, stick_the_landing, num_steps
+    key, start, logdensity_fn, method, mc_samples, stick_the_landing, num_steps
 ) -> float:
-    """Pick the candidate learning rate whose short run reaches the highest ELBO."""
+    """Pick the candidate learning rate whose short run from ``start`` (an
+    :class:`ADVIState` of the default optimizer) reaches the highest ELBO."""
     optimizer = default_optimizer()
     best_rate, best_elbo = None, -np.inf
     for rate in LEARNING_RATE_CANDIDATES:
         key, run_key, eval_key = jax.random.split(key, 3)
-        state = _with_learning_rate(advi_init(position, method, optimizer), rate)
+        state = _with_learning_rate(start, rate)
         state, _, _ = _run_chunk(
             run_key, state, logdensity_fn, method, optimizer, mc_samples,
             stick_the_landing, num_steps,
@@ -489,6 +494,83 @@ def _relative_change(current: float, previous: float) -> float:
     return abs((current - previous) / current) if current != 0 else math.inf
 
 
+#: Windows over which the full-rank refinement must have stopped improving (see
+#: :func:`run_advi`).
+STALL_WINDOWS = 5
+
+
+class _Trace(NamedTuple):
+    """ELBO bookkeeping shared by the stages of one run (mutable lists)."""
+
+    history: list  # per-chunk arrays of per-step ELBO estimates
+    evaluations: list  # (step, windowed ELBO)
+    window_variances: list  # squared standard error of each windowed ELBO
+
+
+def _stalled(trace: _Trace, first: int, windows: int) -> bool:
+    """Whether the windowed ELBO gained no more than two standard errors over the last
+    ``windows`` evaluations, counting only evaluations from index ``first`` on."""
+    if len(trace.evaluations) - first < windows + 1:
+        return False
+    current, previous = trace.evaluations[-1][1], trace.evaluations[-1 - windows][1]
+    se = math.sqrt(trace.window_variances[-1] + trace.window_variances[-1 - windows])
+    # Allowance for rounding: with an exact fit every estimate is the same number.
+    rounding = 16 * np.finfo(np.float64).eps * abs(current)
+    return current - previous <= 2.0 * se + rounding
+
+
+def _optimize(
+    key, state, logdensity_fn, trace: _Trace, *, method, optimizer, mc_samples,
+    stick_the_landing, max_steps, chunk_size, tol_rel_obj, eval_elbo, buffer_size,
+    stall_windows, callback,
+):
+    """Run compiled chunks from ``state`` until convergence or ``max_steps`` more steps.
+
+    Appends to ``trace`` (whose step count is continued) and returns
+    ``(state, averaged_params, steps_taken, converged)``.
+    """
+    start = sum(len(h) for h in trace.history)
+    first_evaluation = len(trace.evaluations)
+    next_eval = (start // eval_elbo + 1) * eval_elbo
+    relative_changes: deque[float] = deque(maxlen=buffer_size)
+    done, converged, averaged = 0, False, state.params
+    while done < max_steps and not converged:
+        steps = min(chunk_size, max_steps - done)
+        key, chunk_key = jax.random.split(key)
+        state, elbos, averaged = _run_chunk(
+            chunk_key, state, logdensity_fn, method, optimizer, mc_samples,
+            stick_the_landing, steps,
+        )
+        trace.history.append(np.asarray(elbos))
+        done += steps
+        if not (_usable(state.params, method) and _usable(averaged, method)):
+            raise SamplingError(
+                f"ADVI diverged: the variational parameters became non-finite by step "
+                f"{start + done}; try a smaller learning_rate or a better initial position"
+            )
+        elbo_trace = np.concatenate(trace.history)
+        while next_eval <= start + done:
+            window = elbo_trace[next_eval - eval_elbo : next_eval]
+            window = window[np.isfinite(window)]
+            current = float(np.mean(window)) if window.size else -math.inf
+            variance = float(np.var(window) / window.size) if window.size else math.inf
+            if trace.evaluations and np.isfinite(current):
+                relative_changes.append(_relative_change(current, trace.evaluations[-1][1]))
+            trace.evaluations.append((next_eval, current))
+            trace.window_variances.append(variance)
+            if relative_changes and (
+                np.mean(relative_changes) < tol_rel_obj
+                or np.median(relative_changes) < tol_rel_obj
+            ):
+                converged = stall_windows is None or _stalled(
+                    trace, first_evaluation, stall_windows
+                )
+            if callback is not None:
+                callback(next_eval, current)
+            next_eval += eval_elbo
+    return state, averaged, done, converged
+
+
 def run_advi(
     key: jax.Array,
     logdensity_fn: Callable,
@@ -507,6 +589,11 @@ def run_advi(
 ) -> ADVIResult:
     """Fit a Gaussian approximation to ``exp(logdensity_fn)`` by ADVI.
 
+    Full-rank ADVI runs in two stages: a mean-field fit (at most half of ``max_steps``)
+    whose mean and standard deviations start the full-rank fit with no correlations, so
+    that full-rank starts at the mean-field ELBO and only has to learn the correlations
+    (and adjust the rest), which a cold start from a unit covariance does poorly.
+
     Parameters
     ----------
     key : JAX random key.
@@ -515,11 +602,13 @@ def run_advi(
         same object on repeated calls to reuse the compilation.
     position : (d,) initial mean.
     method : "meanfield" (diagonal covariance) or "fullrank".
-    optimizer : optax transformation. ``None`` uses :func:`default_optimizer` (the
-        step-size sequence of Kucukelbir et al. 2017) with ``learning_rate``; if that
-        is also ``None``, it is chosen among ``LEARNING_RATE_CANDIDATES`` by the highest
-        ELBO after ``chunk_size`` steps from the initial point (Stan's eta search).
-    max_steps : maximum number of optimization steps (after the search).
+    optimizer : optax transformation (used by both full-rank stages). ``None`` uses
+        :func:`default_optimizer` (the step-size sequence of Kucukelbir et al. 2017)
+        with ``learning_rate``; if that is also ``None``, it is chosen (per stage) among
+        ``LEARNING_RATE_CANDIDATES`` by the highest ELBO after ``chunk_size`` steps from
+        the stage's starting point (Stan's eta search).
+    max_steps : maximum number of optimization steps (after the searches), both stages
+        together.
     mc_samples : Monte Carlo draws per gradient estimate.
     stick_the_landing : use the path-derivative gradient (Roeder et al. 2017).
     chunk_size : steps per compiled ``lax.scan`` chunk; also the length of the
@@ -528,10 +617,13 @@ def run_advi(
     eval_elbo : every this many steps, the mean of the per-step ELBO estimates over the
         last ``eval_elbo`` steps is compared with the previous one; the relative changes
         go into a circular buffer of ``max(int(0.1 * max_steps / eval_elbo), 2)``
-        entries, and ADVI has converged when their mean or median is below
-        ``tol_rel_obj``. Convergence is acted upon at the end of the running chunk.
+        entries, and a stage has converged when their mean or median is below
+        ``tol_rel_obj``. The full-rank stage starts near its optimum, where relative
+        changes are tiny, so it must also have stalled: its windowed ELBO must have
+        gained at most two standard errors over the last ``STALL_WINDOWS``
+        evaluations. Convergence is acted upon at the end of the running chunk.
     callback : called as ``callback(num_steps_done, windowed_elbo)`` at every
-        evaluation (e.g. to drive a progress bar).
+        evaluation (e.g. to drive a progress bar), over both stages.
 
     Returns
     -------
@@ -553,58 +645,49 @@ def run_advi(
     if optimizer is not None and learning_rate is not None:
         raise ConfigurationError("pass either an optimizer or a learning_rate, not both")
 
-    chosen_rate = None
-    if optimizer is None:
-        optimizer = default_optimizer()
-        if learning_rate is None:
-            key, search_key = jax.random.split(key)
-            learning_rate = _search_learning_rate(
-                search_key, position, logdensity_fn, method, mc_samples,
+    search = optimizer is None and learning_rate is None
+    user_rate = None if learning_rate is None else float(learning_rate)
+    optimizer = default_optimizer() if optimizer is None else optimizer
+    uses_rate = optimizer is default_optimizer()
+
+    def start_state(stage_key, stage_method, mean, log_sd):
+        state = advi_init(mean, stage_method, optimizer, init_log_sd=log_sd)
+        if not uses_rate:
+            return state, None
+        rate = user_rate
+        if search:
+            rate = _search_learning_rate(
+                stage_key, state, logdensity_fn, stage_method, mc_samples,
                 stick_the_landing, chunk_size,
             )
-        chosen_rate = float(learning_rate)
-    state = advi_init(position, method, optimizer)
-    if chosen_rate is not None:
-        state = _with_learning_rate(state, chosen_rate)
+        return _with_learning_rate(state, rate), float(rate)
 
     buffer_size = max(int(0.1 * max_steps / eval_elbo), 2)
-    relative_changes: deque[float] = deque(maxlen=buffer_size)
-    history: list[np.ndarray] = []
-    evaluations: list[tuple[int, float]] = []
-    done = 0
-    next_eval = eval_elbo
-    converged = False
-    averaged = state.params
-    while done < max_steps and not converged:
-        steps = min(chunk_size, max_steps - done)
-        key, chunk_key = jax.random.split(key)
-        state, elbos, averaged = _run_chunk(
-            chunk_key, state, logdensity_fn, method, optimizer, mc_samples,
-            stick_the_landing, steps,
-        )
-        history.append(np.asarray(elbos))
-        done += steps
-        if not (_usable(state.params, method) and _usable(averaged, method)):
-            raise SamplingError(
-                f"ADVI diverged: the variational parameters became non-finite by step "
-                f"{done}; try a smaller learning_rate or a better initial position"
+    trace = _Trace([], [], [])
+    common = dict(
+        optimizer=optimizer, mc_samples=mc_samples, stick_the_landing=stick_the_landing,
+        chunk_size=chunk_size, tol_rel_obj=tol_rel_obj, eval_elbo=eval_elbo,
+        buffer_size=buffer_size, callback=callback,
+    )
+    key, search_key, run_key = jax.random.split(key, 3)
+    state, rate = start_state(search_key, "meanfield", position, 0.0)
+    stage_steps = max_steps if method == "meanfield" else max(max_steps // 2, 1)
+    state, averaged, done, converged = _optimize(
+        run_key, state, logdensity_fn, trace, method="meanfield", max_steps=stage_steps,
+        stall_windows=None, **common,
+    )
+    meanfield_steps = done
+    if method == "fullrank":
+        # Warm start: the mean-field fit with no correlations has the same ELBO.
+        key, search_key, run_key = jax.random.split(key, 3)
+        state, rate = start_state(search_key, "fullrank", averaged.mean, averaged.scale)
+        averaged, converged = state.params, False
+        if done < max_steps:
+            state, averaged, steps, converged = _optimize(
+                run_key, state, logdensity_fn, trace, method="fullrank",
+                max_steps=max_steps - done, stall_windows=STALL_WINDOWS, **common,
             )
-        trace = np.concatenate(history)
-        while next_eval <= done:
-            window = trace[next_eval - eval_elbo : next_eval]
-            window = window[np.isfinite(window)]
-            current = float(np.mean(window)) if window.size else -math.inf
-            if evaluations and np.isfinite(current):
-                relative_changes.append(_relative_change(current, evaluations[-1][1]))
-                if (
-                    np.mean(relative_changes) < tol_rel_obj
-                    or np.median(relative_changes) < tol_rel_obj
-                ):
-                    converged = True
-            evaluations.append((next_eval, current))
-            if callback is not None:
-                callback(next_eval, current)
-            next_eval += eval_elbo
+            done += steps
 
     return ADVIResult(
         method=method,
@@ -612,11 +695,12 @@ def run_advi(
         sd=_marginal_sd(averaged, method),
         scale_tril=None if method == "meanfield" else _fullrank_factor(averaged.scale),
         params=averaged,
-        elbo_history=np.concatenate(history),
-        elbo_evaluations=tuple(evaluations),
+        elbo_history=np.concatenate(trace.history),
+        elbo_evaluations=tuple(trace.evaluations),
         num_steps=done,
         converged=converged,
-        learning_rate=chosen_rate,
+        learning_rate=rate,
+        meanfield_steps=meanfield_steps,
     )
 
 
