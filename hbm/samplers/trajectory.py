@@ -29,17 +29,6 @@ inside that sub-subtree has a larger popcount. Sums of momenta over any sub-subt
 differences of the running sum, so storage is ``O(max_tree_depth * d)`` and each leapfrog
 step costs one gradient evaluation and ``O(d)`` extra work per completed check.
 
-One loop. The doublings and their leapfrog steps run in a single ``lax.while_loop`` whose
-iteration is one leapfrog step: when the step completes (or ends early) the current
-subtree, the same iteration merges it into the trajectory and sets up the next doubling.
-Under ``vmap`` each chain then advances independently, so a batch of chains costs the
-largest number of steps of any chain, not the sum over depths of the per-depth maxima,
-and no loop is nested in the step. The U-turn checks of a leaf are evaluated for all
-checkpoint slots at once and masked to the sub-subtrees that complete at that leaf.
-The vectors of the loop state are kept in a few stacked arrays (the three ends, the two
-proposals, the two momentum sums, the checkpoints), so that each group is updated by one
-fused select rather than one per vector.
-
 Random numbers are indexed, not streamed: the key of depth ``j`` is ``fold_in(key, j)``,
 split into a direction key, a leaf key (leaf ``i`` uses ``fold_in(leaf_key, i)``) and a
 merge key, so the recursive reference in :mod:`hbm.samplers.reference` reproduces the same
@@ -205,46 +194,194 @@ def leaf_uniform(leaf_key, index, dtype):
     return _jax_leaf_uniform(leaf_key, index, dtype)
 
 
+def _select(predicate, on_true, on_false):
+    return jax.tree.map(lambda a, b: jnp.where(predicate, a, b), on_true, on_false)
+
+
+class _Subtree(NamedTuple):
+    far_end: TrajectoryEnd
+    near_momentum: jax.Array
+    near_velocity: jax.Array
+    momentum_sum: jax.Array
+    proposal: Proposal
+    log_weight: jax.Array
+    num_steps: jax.Array
+    sum_acceptance: jax.Array
+    is_divergent: jax.Array
+    is_turning: jax.Array
+
+
+class _SubtreeCarry(NamedTuple):
+    leaf: jax.Array
+    end: TrajectoryEnd
+    proposal: Proposal
+    log_weight: jax.Array
+    momentum_sum: jax.Array
+    sum_acceptance: jax.Array
+    is_divergent: jax.Array
+    is_turning: jax.Array
+    # checkpoints, indexed by popcount of the even leaf that wrote them (last row: scratch)
+    start_momentum: jax.Array
+    start_velocity: jax.Array
+    previous_momentum: jax.Array
+    previous_velocity: jax.Array
+    sum_before: jax.Array
+
+
 def _trailing_ones(i):
     # (~i & (i + 1)) isolates the lowest zero bit 2**k; 2**k - 1 has k one-bits.
     return lax.population_count((~i & (i + 1)) - 1)
 
 
-def _dots(a, b):
-    """Row-wise dot products over the last axis."""
-    return jnp.sum(a * b, axis=-1)
+def _build_subtree(
+    start: TrajectoryEnd,
+    direction,
+    depth,
+    leaf_key,
+    initial_energy,
+    step_fn,
+    metric: Metric,
+    step_size,
+    max_tree_depth: int,
+    divergence_threshold: float,
+) -> _Subtree:
+    """Take up to ``2**depth`` leapfrog steps from ``start``, checking every sub-subtree."""
+    position = start.state.position
+    dtype = jnp.result_type(position)
+    num_leaves = jnp.left_shift(jnp.int32(1), depth)
+    signed_step_size = direction * step_size
+    scratch_slot = max_tree_depth
+    checkpoints = jnp.zeros((max_tree_depth + 1,) + position.shape, dtype)
+
+    def cond(carry: _SubtreeCarry):
+        return (carry.leaf < num_leaves) & ~carry.is_divergent & ~carry.is_turning
+
+    def body(carry: _SubtreeCarry) -> _SubtreeCarry:
+        i = carry.leaf
+        state = step_fn(carry.end.state, signed_step_size)
+        velocity, energy = leaf_energy(state, metric)
+        log_weight_leaf = initial_energy - energy
+        is_divergent = (energy - initial_energy) > divergence_threshold
+        acceptance = jnp.where(log_weight_leaf > 0, 1.0, jnp.exp(log_weight_leaf))
+
+        # uniform progressive sampling within the subtree
+        log_weight = jnp.where(
+            i == 0, log_weight_leaf, jnp.logaddexp(carry.log_weight, log_weight_leaf)
+        )
+        uniform = leaf_uniform(leaf_key, i, dtype)
+        take = (i == 0) | (uniform < jnp.exp(log_weight_leaf - log_weight))
+        leaf_proposal = Proposal(state.position, state.logdensity, state.logdensity_grad, energy)
+        proposal = _select(take, leaf_proposal, carry.proposal)
+
+        # checkpoint at even leaves
+        count = lax.population_count(i)
+        slot = jnp.where(i % 2 == 0, count, scratch_slot)
+
+        def store(array, value):
+            return lax.dynamic_update_index_in_dim(array, value, slot, 0)
+
+        start_momentum = store(carry.start_momentum, state.momentum)
+        start_velocity = store(carry.start_velocity, velocity)
+        previous_momentum = store(carry.previous_momentum, carry.end.state.momentum)
+        previous_velocity = store(carry.previous_velocity, carry.end.velocity)
+        sum_before = store(carry.sum_before, carry.momentum_sum)
+        momentum_sum = carry.momentum_sum + state.momentum
+
+        # U-turn checks of the sub-subtrees of sizes 2, 4, ..., 2**k ending at leaf i
+        num_checks = jnp.where(is_divergent, 0, _trailing_ones(i))
+
+        def check_cond(c):
+            level, turning = c
+            return (level <= num_checks) & ~turning
+
+        def check_body(c):
+            level, _ = c
+            start_slot = count - level
+            mid_slot = start_slot + 1
+            velocity_start = start_velocity[start_slot]
+            sum_before_start = sum_before[start_slot]
+            turning = metric.check_turning(
+                velocity_start, velocity, momentum_sum - sum_before_start
+            )
+            # Stan's extra checks across the two halves (redundant for size 2)
+            velocity_mid = start_velocity[mid_slot]
+            sum_before_mid = sum_before[mid_slot]
+            turning_left = metric.check_turning(
+                velocity_start,
+                velocity_mid,
+                sum_before_mid + start_momentum[mid_slot] - sum_before_start,
+            )
+            turning_right = metric.check_turning(
+                previous_velocity[mid_slot],
+                velocity,
+                momentum_sum - sum_before_mid + previous_momentum[mid_slot],
+            )
+            turning = turning | ((level >= 2) & (turning_left | turning_right))
+            return level + 1, turning
+
+        _, is_turning = lax.while_loop(
+            check_cond, check_body, (jnp.int32(1), jnp.zeros((), bool))
+        )
+
+        return _SubtreeCarry(
+            leaf=i + 1,
+            end=TrajectoryEnd(state, velocity),
+            proposal=proposal,
+            log_weight=log_weight,
+            momentum_sum=momentum_sum,
+            sum_acceptance=carry.sum_acceptance + acceptance,
+            is_divergent=is_divergent,
+            is_turning=is_turning,
+            start_momentum=start_momentum,
+            start_velocity=start_velocity,
+            previous_momentum=previous_momentum,
+            previous_velocity=previous_velocity,
+            sum_before=sum_before,
+        )
+
+    initial = _SubtreeCarry(
+        leaf=jnp.int32(0),
+        end=start,
+        proposal=Proposal(
+            position, start.state.logdensity, start.state.logdensity_grad, initial_energy
+        ),
+        log_weight=jnp.full((), -jnp.inf, dtype),
+        momentum_sum=jnp.zeros_like(position),
+        sum_acceptance=jnp.zeros((), dtype),
+        is_divergent=jnp.zeros((), bool),
+        is_turning=jnp.zeros((), bool),
+        start_momentum=checkpoints,
+        start_velocity=checkpoints,
+        previous_momentum=checkpoints,
+        previous_velocity=checkpoints,
+        sum_before=checkpoints,
+    )
+    final = lax.while_loop(cond, body, initial)
+    return _Subtree(
+        far_end=final.end,
+        near_momentum=final.start_momentum[0],
+        near_velocity=final.start_velocity[0],
+        momentum_sum=final.momentum_sum,
+        proposal=final.proposal,
+        log_weight=final.log_weight,
+        num_steps=final.leaf,
+        sum_acceptance=final.sum_acceptance,
+        is_divergent=final.is_divergent,
+        is_turning=final.is_turning,
+    )
 
 
-# rows of the stacked ends and of each end's vectors
-_LEFT, _RIGHT, _END = 0, 1, 2
-_POSITION, _MOMENTUM, _GRAD, _VELOCITY = 0, 1, 2, 3
-# rows of the stacked proposals and momentum sums: the trajectory's, the subtree's
-_TRAJECTORY, _SUBTREE = 0, 1
-
-
-class _Carry(NamedTuple):
-    depth: jax.Array  # doublings merged so far (= depth of the subtree being built)
-    leaf: jax.Array  # index of the next leaf of the subtree being built
-    ends: jax.Array  # (3, 4, d): left / right end of the trajectory, end of the subtree
-    ends_logdensity: jax.Array  # (3,)
-    proposals: jax.Array  # (2, 2, d): trajectory / subtree proposal, position and grad
-    proposals_scalars: jax.Array  # (2, 2): log density and energy of each proposal
-    log_weights: jax.Array  # (2,)
-    momentum_sums: jax.Array  # (2, d)
-    checkpoints: jax.Array  # (5, max_tree_depth + 1, d), see _CHECKPOINT_*
+class _TrajectoryCarry(NamedTuple):
+    depth: jax.Array
+    left: TrajectoryEnd
+    right: TrajectoryEnd
+    momentum_sum: jax.Array
+    proposal: Proposal
+    log_weight: jax.Array
     num_steps: jax.Array
     sum_acceptance: jax.Array
     is_divergent: jax.Array
     is_turning: jax.Array
-    done: jax.Array
-
-
-# checkpoint arrays, rows indexed by popcount of the even leaf that wrote them
-_START_MOMENTUM, _START_VELOCITY, _PREVIOUS_MOMENTUM, _PREVIOUS_VELOCITY, _SUM_BEFORE = range(5)
-
-
-def _end_rows(state: IntegratorState, velocity):
-    return jnp.stack([state.position, state.momentum, state.logdensity_grad, velocity])
 
 
 def build_trajectory(
@@ -282,216 +419,88 @@ def build_trajectory(
     """
     position = initial_state.position
     dtype = jnp.result_type(position)
-    velocity0, initial_energy = leaf_energy(initial_state, metric)
-    num_slots = max_tree_depth + 1
-    scratch_slot = max_tree_depth
-    slots = jnp.arange(num_slots, dtype=jnp.int32)
+    velocity, initial_energy = leaf_energy(initial_state, metric)
+    origin = TrajectoryEnd(initial_state, velocity)
 
-    # the randomness of every doubling, drawn once (indexed by depth in the loop)
-    def randomness(depth):
-        direction_key, leaf_key, merge_key = depth_keys(key, depth)
-        return (
-            jax.random.bernoulli(direction_key),
-            leaf_key,
-            jax.random.uniform(merge_key, dtype=dtype),
-        )
+    def cond(carry: _TrajectoryCarry):
+        return (carry.depth < max_tree_depth) & ~carry.is_divergent & ~carry.is_turning
 
-    all_go_right, all_leaf_keys, all_merge_uniforms = jax.vmap(randomness)(
-        jnp.arange(max_tree_depth, dtype=jnp.int32)
-    )
-
-    def cond(carry: _Carry):
-        return ~carry.done
-
-    def body(carry: _Carry) -> _Carry:
-        i = carry.leaf
-        depth = carry.depth
-        go_right = all_go_right[depth]
+    def body(carry: _TrajectoryCarry) -> _TrajectoryCarry:
+        direction_key, leaf_key, merge_key = depth_keys(key, carry.depth)
+        go_right = jax.random.bernoulli(direction_key)
         direction = jnp.where(go_right, 1.0, -1.0).astype(dtype)
-        ends = carry.ends
-        previous = ends[_END]
-        first = i == 0
+        start = _select(go_right, carry.right, carry.left)
+        far_old = _select(go_right, carry.left, carry.right)
+        subtree = _build_subtree(
+            start,
+            direction,
+            carry.depth,
+            leaf_key,
+            initial_energy,
+            step_fn,
+            metric,
+            step_size,
+            max_tree_depth,
+            divergence_threshold,
+        )
+        valid = ~subtree.is_divergent & ~subtree.is_turning
 
-        # ---- one leapfrog step, extending the subtree by leaf i
-        state = step_fn(
-            IntegratorState(
-                previous[_POSITION],
-                previous[_MOMENTUM],
-                carry.ends_logdensity[_END],
-                previous[_GRAD],
-            ),
-            direction * step_size,
+        # biased progressive sampling between the old trajectory and the new subtree
+        uniform = jax.random.uniform(merge_key, dtype=dtype)
+        take = valid & (uniform < jnp.exp(subtree.log_weight - carry.log_weight))
+        proposal = _select(take, subtree.proposal, carry.proposal)
+        log_weight = jnp.where(
+            valid, jnp.logaddexp(carry.log_weight, subtree.log_weight), carry.log_weight
         )
-        velocity, energy = leaf_energy(state, metric)
-        log_weight_leaf = initial_energy - energy
-        is_divergent = (energy - initial_energy) > divergence_threshold
-        acceptance = jnp.where(log_weight_leaf > 0, 1.0, jnp.exp(log_weight_leaf))
+        momentum_sum = carry.momentum_sum + subtree.momentum_sum
 
-        # uniform progressive sampling within the subtree
-        subtree_log_weight = jnp.where(
-            first,
-            log_weight_leaf,
-            jnp.logaddexp(carry.log_weights[_SUBTREE], log_weight_leaf),
-        )
-        uniform = leaf_uniform(all_leaf_keys[depth], i, dtype)
-        take_leaf = first | (uniform < jnp.exp(log_weight_leaf - subtree_log_weight))
-
-        # checkpoint at even leaves (odd leaves write the scratch row)
-        previous_sum = jnp.where(
-            first, jnp.zeros_like(position), carry.momentum_sums[_SUBTREE]
-        )
-        subtree_momentum_sum = previous_sum + state.momentum
-        count = lax.population_count(i)
-        slot = jnp.where(i % 2 == 0, count, scratch_slot)
-        stored = jnp.stack(
-            [state.momentum, velocity, previous[_MOMENTUM], previous[_VELOCITY], previous_sum]
-        )
-        checkpoints = jnp.where(
-            (slots == slot)[None, :, None], stored[:, None, :], carry.checkpoints
-        )
-        start_momentum = checkpoints[_START_MOMENTUM]
-        start_velocity = checkpoints[_START_VELOCITY]
-        sum_before = checkpoints[_SUM_BEFORE]
-
-        # U-turn checks of the sub-subtrees of sizes 2, 4, ..., 2**k ending at leaf i:
-        # the one of size 2**level starts in slot count - level, its right half in the next
-        num_checks = jnp.where(is_divergent, 0, _trailing_ones(i))
-        level = count - slots[:-1]
-        checked = (level >= 1) & (level <= num_checks)
-        halves_checked = checked & (level >= 2)
-        velocity_start = start_velocity[:-1]
-        sum_start = sum_before[:-1]
-        sum_mid = sum_before[1:]
-        rho = subtree_momentum_sum - sum_start
-        persists = (_dots(velocity_start, rho) > 0) & (_dots(velocity, rho) > 0)
-        # Stan's extra checks: left half plus the first state of the right half, and
-        # right half plus the last state of the left half
-        rho_left = sum_mid + start_momentum[1:] - sum_start
-        persists_left = (_dots(velocity_start, rho_left) > 0) & (
-            _dots(start_velocity[1:], rho_left) > 0
-        )
-        rho_right = subtree_momentum_sum - sum_mid + checkpoints[_PREVIOUS_MOMENTUM, 1:]
-        persists_right = (_dots(checkpoints[_PREVIOUS_VELOCITY, 1:], rho_right) > 0) & (
-            _dots(velocity, rho_right) > 0
-        )
-        subtree_turning = jnp.any(
-            (checked & ~persists) | (halves_checked & ~(persists_left & persists_right))
-        )
-
-        num_leaves = jnp.left_shift(jnp.int32(1), depth)
-        subtree_done = (i + 1 >= num_leaves) | is_divergent | subtree_turning
-
-        # ---- merge the subtree (used only where it is done)
-        valid = ~is_divergent & ~subtree_turning
-        start = jnp.where(go_right, ends[_RIGHT], ends[_LEFT])
-        far_old = jnp.where(go_right, ends[_LEFT], ends[_RIGHT])
-        trajectory_log_weight = carry.log_weights[_TRAJECTORY]
-        take_subtree = valid & (
-            all_merge_uniforms[depth] < jnp.exp(subtree_log_weight - trajectory_log_weight)
-        )
-        trajectory_sum = carry.momentum_sums[_TRAJECTORY]
-        merged_momentum_sum = trajectory_sum + subtree_momentum_sum
-        turning_total = metric.check_turning(
-            far_old[_VELOCITY], velocity, merged_momentum_sum
-        )
+        far_velocity = subtree.far_end.velocity
+        turning_total = metric.check_turning(far_old.velocity, far_velocity, momentum_sum)
         turning_old = metric.check_turning(
-            far_old[_VELOCITY], start_velocity[0], trajectory_sum + start_momentum[0]
+            far_old.velocity,
+            subtree.near_velocity,
+            carry.momentum_sum + subtree.near_momentum,
         )
         turning_new = metric.check_turning(
-            start[_VELOCITY], velocity, subtree_momentum_sum + start[_MOMENTUM]
+            start.velocity,
+            far_velocity,
+            subtree.momentum_sum + start.state.momentum,
         )
         merged_turning = valid & (turning_total | turning_old | turning_new)
-        merge = subtree_done & valid
-        new_depth = depth + merge.astype(jnp.int32)
-        done = subtree_done & (~valid | merged_turning | (new_depth >= max_tree_depth))
 
-        # proposals: the leaf may replace the subtree's, the subtree's the trajectory's
-        leaf_rows = jnp.stack([state.position, state.logdensity_grad])
-        leaf_scalars = jnp.stack([state.logdensity, energy])
-        subtree_rows = jnp.where(take_leaf, leaf_rows, carry.proposals[_SUBTREE])
-        subtree_scalars = jnp.where(take_leaf, leaf_scalars, carry.proposals_scalars[_SUBTREE])
-        replace = subtree_done & take_subtree
-        proposals = jnp.stack(
-            [jnp.where(replace, subtree_rows, carry.proposals[_TRAJECTORY]), subtree_rows]
-        )
-        proposals_scalars = jnp.stack(
-            [
-                jnp.where(replace, subtree_scalars, carry.proposals_scalars[_TRAJECTORY]),
-                subtree_scalars,
-            ]
-        )
-        log_weights = jnp.stack(
-            [
-                jnp.where(
-                    merge,
-                    jnp.logaddexp(trajectory_log_weight, subtree_log_weight),
-                    trajectory_log_weight,
-                ),
-                subtree_log_weight,
-            ]
-        )
-        momentum_sums = jnp.stack(
-            [jnp.where(merge, merged_momentum_sum, trajectory_sum), subtree_momentum_sum]
+        new_end = _select(valid, subtree.far_end, start)
+        left = _select(go_right, carry.left, new_end)
+        right = _select(go_right, new_end, carry.right)
+        return _TrajectoryCarry(
+            depth=carry.depth + valid.astype(jnp.int32),
+            left=left,
+            right=right,
+            momentum_sum=jnp.where(valid, momentum_sum, carry.momentum_sum),
+            proposal=proposal,
+            log_weight=log_weight,
+            num_steps=carry.num_steps + subtree.num_steps,
+            sum_acceptance=carry.sum_acceptance + subtree.sum_acceptance,
+            is_divergent=subtree.is_divergent,
+            is_turning=subtree.is_turning | merged_turning,
         )
 
-        # ends: the subtree's end becomes a trajectory end on merging; the next step
-        # continues this subtree or starts the next doubling from the chosen side
-        far_end = _end_rows(state, velocity)
-        left = jnp.where(merge & ~go_right, far_end, ends[_LEFT])
-        right = jnp.where(merge & go_right, far_end, ends[_RIGHT])
-        next_go_right = all_go_right[jnp.minimum(new_depth, max_tree_depth - 1)]
-        end = jnp.where(subtree_done, jnp.where(next_go_right, right, left), far_end)
-        ld = carry.ends_logdensity
-        left_ld = jnp.where(merge & ~go_right, state.logdensity, ld[_LEFT])
-        right_ld = jnp.where(merge & go_right, state.logdensity, ld[_RIGHT])
-        end_ld = jnp.where(
-            subtree_done, jnp.where(next_go_right, right_ld, left_ld), state.logdensity
-        )
-        return _Carry(
-            depth=new_depth,
-            leaf=jnp.where(subtree_done, 0, i + 1),
-            ends=jnp.stack([left, right, end]),
-            ends_logdensity=jnp.stack([left_ld, right_ld, end_ld]),
-            proposals=proposals,
-            proposals_scalars=proposals_scalars,
-            log_weights=log_weights,
-            momentum_sums=momentum_sums,
-            checkpoints=checkpoints,
-            num_steps=carry.num_steps + 1,
-            sum_acceptance=carry.sum_acceptance + acceptance,
-            is_divergent=is_divergent,
-            is_turning=subtree_turning | (subtree_done & merged_turning),
-            done=done,
-        )
-
-    origin = _end_rows(initial_state, velocity0)
-    initial_rows = jnp.stack([position, initial_state.logdensity_grad])
-    initial_scalars = jnp.stack([initial_state.logdensity, initial_energy]).astype(dtype)
-    initial = _Carry(
+    initial = _TrajectoryCarry(
         depth=jnp.int32(0),
-        leaf=jnp.int32(0),
-        ends=jnp.stack([origin, origin, origin]),
-        ends_logdensity=jnp.full((3,), initial_state.logdensity, dtype),
-        proposals=jnp.stack([initial_rows, initial_rows]),
-        proposals_scalars=jnp.stack([initial_scalars, initial_scalars]),
-        log_weights=jnp.array([0.0, -jnp.inf], dtype),
-        momentum_sums=jnp.stack([initial_state.momentum, jnp.zeros_like(position)]),
-        checkpoints=jnp.zeros((5, num_slots) + position.shape, dtype),
+        left=origin,
+        right=origin,
+        momentum_sum=initial_state.momentum,
+        proposal=Proposal(
+            position, initial_state.logdensity, initial_state.logdensity_grad, initial_energy
+        ),
+        log_weight=jnp.zeros((), dtype),
         num_steps=jnp.int32(0),
         sum_acceptance=jnp.zeros((), dtype),
         is_divergent=jnp.zeros((), bool),
         is_turning=jnp.zeros((), bool),
-        done=jnp.zeros((), bool),
     )
     final = lax.while_loop(cond, body, initial)
-    proposal = Proposal(
-        final.proposals[_TRAJECTORY, 0],
-        final.proposals_scalars[_TRAJECTORY, 0],
-        final.proposals[_TRAJECTORY, 1],
-        final.proposals_scalars[_TRAJECTORY, 1],
-    )
     return TrajectoryResult(
-        proposal=proposal,
+        proposal=final.proposal,
         tree_depth=final.depth,
         num_steps=final.num_steps,
         sum_acceptance=final.sum_acceptance,
