@@ -65,6 +65,9 @@ METHODS = ("meanfield", "fullrank")
 #: Learning rates (eta) tried by the step-size search, largest first, as in Stan.
 LEARNING_RATE_CANDIDATES = (100.0, 10.0, 1.0, 0.1, 0.01)
 
+#: Draws of the ELBO estimate that compares the learning-rate candidates.
+SEARCH_ELBO_SAMPLES = 500
+
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -460,14 +463,25 @@ def _usable(params: VariationalParams, method: str) -> bool:
 
 
 def _search_learning_rate(
-    key, start, logdensity_fn, method, mc_samples, stick_the_landing, num_steps
+    key, start, logdensity_fn, method, mc_samples, stick_the_landing, num_steps,
+    common_random_numbers=False,
 ) -> float:
     """Pick the candidate learning rate whose short run from ``start`` (an
-    :class:`ADVIState` of the default optimizer) reaches the highest ELBO."""
+    :class:`ADVIState` of the default optimizer) reaches the highest ELBO.
+
+    With ``common_random_numbers`` every candidate sees the same draws and the ELBOs
+    are estimated from ``SEARCH_ELBO_SAMPLES`` draws, so that small differences (the
+    full-rank stage starts near its optimum) are not swamped by Monte Carlo noise;
+    otherwise each candidate has its own draws and 100 (Stan's search).
+    """
     optimizer = default_optimizer()
     best_rate, best_elbo = None, -np.inf
+    num_samples = SEARCH_ELBO_SAMPLES if common_random_numbers else 100
     for rate in LEARNING_RATE_CANDIDATES:
-        key, run_key, eval_key = jax.random.split(key, 3)
+        if common_random_numbers:
+            run_key, eval_key = jax.random.split(key)
+        else:
+            key, run_key, eval_key = jax.random.split(key, 3)
         state = _with_learning_rate(start, rate)
         state, _, _ = _run_chunk(
             run_key, state, logdensity_fn, method, optimizer, mc_samples,
@@ -476,7 +490,10 @@ def _search_learning_rate(
         if not _usable(state.params, method):
             continue
         elbo = float(
-            elbo_estimate(eval_key, state.params, logdensity_fn, method=method)
+            elbo_estimate(
+                eval_key, state.params, logdensity_fn, method=method,
+                num_samples=num_samples,
+            )
         )
         if np.isfinite(elbo) and elbo > best_elbo:
             best_rate, best_elbo = rate, elbo
@@ -618,10 +635,12 @@ def run_advi(
         last ``eval_elbo`` steps is compared with the previous one; the relative changes
         go into a circular buffer of ``max(int(0.1 * max_steps / eval_elbo), 2)``
         entries, and a stage has converged when their mean or median is below
-        ``tol_rel_obj``. The full-rank stage starts near its optimum, where relative
-        changes are tiny, so it must also have stalled: its windowed ELBO must have
-        gained at most two standard errors over the last ``STALL_WINDOWS``
-        evaluations. Convergence is acted upon at the end of the running chunk.
+        ``tol_rel_obj`` (Stan's rule) and, in addition, the windowed ELBO has stalled:
+        it gained at most two standard errors over the last ``STALL_WINDOWS``
+        evaluations of the stage. Stan's rule alone stops early when the ELBO is large
+        in magnitude (1% of -1000 is 10 nats) and never fires in the full-rank stage,
+        which starts near its optimum. Convergence is acted upon at the end of the
+        running chunk; ``tol_rel_obj=0`` runs to ``max_steps``.
     callback : called as ``callback(num_steps_done, windowed_elbo)`` at every
         evaluation (e.g. to drive a progress bar), over both stages.
 
@@ -659,6 +678,7 @@ def run_advi(
             rate = _search_learning_rate(
                 stage_key, state, logdensity_fn, stage_method, mc_samples,
                 stick_the_landing, chunk_size,
+                common_random_numbers=stage_method == "fullrank",
             )
         return _with_learning_rate(state, rate), float(rate)
 
@@ -674,7 +694,7 @@ def run_advi(
     stage_steps = max_steps if method == "meanfield" else max(max_steps // 2, 1)
     state, averaged, done, converged = _optimize(
         run_key, state, logdensity_fn, trace, method="meanfield", max_steps=stage_steps,
-        stall_windows=None, **common,
+        stall_windows=STALL_WINDOWS, **common,
     )
     meanfield_steps = done
     if method == "fullrank":

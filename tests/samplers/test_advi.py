@@ -245,3 +245,61 @@ def test_invalid_configuration(kwargs):
 def test_position_must_be_flat():
     with pytest.raises(ConfigurationError):
         advi_init(jnp.zeros((2, 2)), "meanfield")
+
+
+# A small hierarchical model, non-centered: mu ~ N(0, 5), tau ~ HalfNormal(2) (on the
+# log scale, Jacobian included), z_j ~ N(0, 1), y_ji ~ N(mu + tau z_j, 1): two
+# observations per group, so mu, tau and the z_j are strongly correlated a posteriori.
+_HIER_Y = np.array(
+    [[0.3, 1.9], [2.8, 1.6], [-0.9, 0.4], [3.1, 2.2],
+     [1.0, -0.2], [4.0, 3.3], [-1.5, -0.6], [2.1, 0.9]]
+)
+
+
+def hierarchical_logdensity(x):
+    mu, log_tau, z = x[0], x[1], x[2:]
+    tau = jnp.exp(log_tau)
+    log_prior = -0.5 * (mu / 5.0) ** 2 - 0.5 * (tau / 2.0) ** 2 + log_tau - 0.5 * z @ z
+    residual = _HIER_Y - mu - tau * z[:, None]
+    return log_prior - 0.5 * jnp.sum(residual**2) - 0.5 * _HIER_Y.size * np.log(2 * np.pi)
+
+
+def test_fullrank_elbo_beats_meanfield_on_a_correlated_hierarchical_model():
+    # Full-rank starts from the mean-field fit, so its ELBO cannot be worse; here the
+    # correlations make it strictly better. ELBOs from 4000 independent draws of each
+    # approximation; z-test of the difference against its Monte Carlo standard error.
+    d = 2 + _HIER_Y.shape[0]
+    results, elbos, variances = {}, {}, {}
+    for method in ("meanfield", "fullrank"):
+        result = run_advi(
+            jax.random.key(0), hierarchical_logdensity, jnp.zeros(d), method=method
+        )
+        assert result.converged and result.num_steps <= 5000, result.num_steps
+        draws, log_q = advi_draws(jax.random.key(1), result, 4000)
+        log_w = np.asarray(jax.vmap(hierarchical_logdensity)(draws) - log_q)
+        results[method] = result
+        elbos[method], variances[method] = log_w.mean(), log_w.var(ddof=1) / log_w.size
+    fullrank = results["fullrank"]
+    assert 0 < fullrank.meanfield_steps < fullrank.num_steps
+    assert fullrank.elbo_history.shape == (fullrank.num_steps,)
+    z = (elbos["fullrank"] - elbos["meanfield"]) / np.sqrt(sum(variances.values()))
+    assert z > 3.0, (elbos, z)
+    factor = np.asarray(fullrank.scale_tril)
+    assert np.abs(np.tril(factor, -1)).max() > 0.05  # it did learn correlations
+
+
+def test_fullrank_factor_is_row_scaled_unit_triangular():
+    raw = jnp.array([[np.log(2.0), 9.0, 9.0], [0.5, np.log(3.0), 9.0], [-1.0, 0.25, 0.0]])
+    expected = np.array([[2.0, 0, 0], [1.5, 3.0, 0], [-1.0, 0.25, 1.0]])
+    params = VariationalParams(jnp.zeros(3), raw)
+    np.testing.assert_allclose(scale_tril(params, "fullrank"), expected, rtol=1e-14)
+
+
+def test_fullrank_init_from_meanfield_scales():
+    log_sd = jnp.log(jnp.array([0.5, 2.0, 3.0]))
+    state = advi_init(jnp.ones(3), "fullrank", init_log_sd=log_sd)
+    np.testing.assert_allclose(
+        scale_tril(state.params, "fullrank"), np.diag([0.5, 2.0, 3.0]), rtol=1e-14
+    )
+    with pytest.raises(ConfigurationError):
+        advi_init(jnp.ones(3), "fullrank", init_log_sd=jnp.zeros(2))
