@@ -392,12 +392,19 @@ class Model:
         if likelihood is not None and not callable(likelihood):
             raise ModelTypeError("likelihood must be a function (params, data) -> "
                                  "{data_key: Distribution}")
+        if deterministic is not None and not isinstance(deterministic, dict):
+            raise ModelTypeError("deterministic must be a dict name -> fn(params, data), got "
+                                 f"{type(deterministic).__name__}")
         deterministic = dict(deterministic or {})
         for key, fn in deterministic.items():
             if not callable(fn):
                 raise ModelTypeError(f"deterministic '{key}' must be a function (params, data)")
             if key in prior:
                 raise ModelError(f"deterministic '{key}' has the name of a prior node")
+        for what, value in (("dims", dims), ("coords", coords), ("deterministic",
+                                                                   deterministic)):
+            if value is not None and not isinstance(value, dict):
+                raise ModelTypeError(f"{what} must be a dict, got {type(value).__name__}")
         self.prior = dict(prior)
         self.likelihood = likelihood
         self.dims = dict(dims or {})

@@ -132,6 +132,7 @@ def test_out_of_bounds_index_in_two_dimensional_and_jitted_indexing():
 @pytest.mark.parametrize("name, value", [("chains", 0), ("chains", -1), ("draws", 0),
                                          ("warmup", -1), ("chains", 1.5), ("draws", "10"),
                                          ("seed", -3), ("seed", 2**64), ("thin", 0),
+                                         ("chains", 10**30), ("draws", 2**40),
                                          ("target_accept", "high"), ("step_size", [0.1]),
                                          ("chain_method", ["vectorized"]),
                                          ("reparam", np.zeros(2))])
@@ -199,8 +200,9 @@ def test_nan_gradient_region_counts_as_divergences():
     bound = model.bind(data)
     g = jax.grad(bound.logdensity)(jnp.array([1.5]))
     assert bool(jnp.isnan(g).all()) and bool(jnp.isfinite(bound.logdensity(jnp.array([1.5]))))
-    fit = hbm.sample(model, data, chains=1, warmup=0, step_size=0.5, draws=100,
-                     chunk_size=100, progress=False, seed=1)
+    with pytest.warns(hbm.HbmWarning, match="divergent"):
+        fit = hbm.sample(model, data, chains=1, warmup=0, step_size=0.5, draws=100,
+                         chunk_size=100, progress=False, seed=1)
     assert int(np.sum(fit.sample_stats["diverging"])) > 0
     assert np.all(np.isfinite(fit.posterior["mu"]))
 
