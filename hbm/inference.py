@@ -235,7 +235,7 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
            dense_mass: bool = False, reparam="auto", chain_method: str = "vectorized",
            init=None, progress=True, thin: int = 1, step_size: float | None = None,
            chunk_size: int = 100, log_likelihood: bool | None = None,
-           checkpoint: str | None = None, _after_warmup=None):
+           checkpoint: str | None = None, store: str | None = None, _after_warmup=None):
     """Draw from the posterior with the No-U-Turn Sampler and Stan's windowed warmup.
 
     Parameters
@@ -266,6 +266,10 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
     checkpoint
         A directory: after every chunk the full sampler state and the draws so far are
         written there atomically (:mod:`hbm.checkpoint`); :func:`resume` continues.
+    store
+        A directory: the draws are written there chunk by chunk as ``.npy`` files
+        (``posterior.<name>.npy``, ``sample_stats.<name>.npy``, ...) and the returned Fit
+        reads them memory-mapped, so a run may hold more draws than fit in memory.
 
     Returns
     -------
@@ -305,12 +309,15 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
         raise ConfigurationError("reparam must be 'centered', 'noncentered', 'auto' or a dict, "
                                  f"got {reparam!r}")
 
+    if thin > 1 and chunk_size % thin:
+        chunk_size += thin - chunk_size % thin  # chunks hold whole thinning windows
     settings = dict(chains=chains, warmup=warmup, draws=draws, thin=thin, seed=seed,
                     target_accept=float(target_accept), max_tree_depth=max_tree_depth,
                     dense_mass=bool(dense_mass), chain_method=chain_method,
                     chunk_size=chunk_size, step_size=None if step_size is None
                     else float(step_size), log_likelihood=log_likelihood,
-                    reparam=reparam if isinstance(reparam, str) else "custom")
+                    reparam=reparam if isinstance(reparam, str) else "custom",
+                    store=None if store is None else str(store))
     run = _prepare_run(model, data, settings, reparam)
     run.positions = _initial_positions(run.bound, run.keys["init"], chains, init)
     return _execute(run, progress=progress, checkpoint=checkpoint, after_warmup=_after_warmup)
@@ -503,7 +510,8 @@ def _execute(run: _Run, *, progress, checkpoint, after_warmup):
         run.times["sampling"] = run.times.get("sampling", 0.0) + (time.perf_counter()
                                                                   - t_start)
     except KeyboardInterrupt:
-        done = sum(c["lp"].shape[1] for c in run.chunks) // thin
+        done = (getattr(run, "stored_draws", 0) if s.get("store")
+                else sum(c["lp"].shape[1] for c in run.chunks) // thin)
         if run.phase != "sampling" or done == 0:
             raise
         partial_reason = f"interrupted by the user after {done} of {s['draws']} draws"
@@ -549,25 +557,25 @@ def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
                     [run.probe_positions, pos], axis=1)
             bar.update(n)
         else:
-            run.chunks.append(out)
+            if s.get("store"):
+                _store_chunk(run, out, start)
+            else:
+                run.chunks.append(out)
             new_draws = out
+            run.stats["sampling_divergences"] = run.stats.get(
+                "sampling_divergences", 0) + int(out["diverging"].sum())
             before = (start // thin)
             bar.update((start + n) // thin - before)
-        bar.set_postfix(divergences=int(out["diverging"].sum()) + (
-            run.stats["divergences"] if adapt else sum(int(c["diverging"].sum())
-                                                       for c in run.chunks)),
+        bar.set_postfix(divergences=run.stats["divergences"] if adapt
+                        else run.stats["sampling_divergences"],
             step_size=f"{float(np.mean(out['step_size'][:, -1])):.3g}")
         if checkpoint is not None:
             _save_checkpoint(run, checkpoint, new_draws)
     return ws
 
 
-def _build_fit(run, partial_reason):
-    from hbm.results import Fit
-
-    s = run.settings
-    thin = s["thin"]
-    stats = {k: np.concatenate([c[k] for c in run.chunks], axis=1) for k in run.chunks[0]}
+def _thin(stats: dict, thin: int) -> dict:
+    """Every ``thin``-th iteration; divergences and gradient counts over each window."""
     n_iter = stats["lp"].shape[1]
     windows = n_iter // thin
     kept = {k: v[:, thin - 1:windows * thin:thin] for k, v in stats.items()}
@@ -577,11 +585,73 @@ def _build_fit(run, partial_reason):
             c, windows, thin).any(-1)
         kept["n_steps"] = stats["n_steps"][:, :windows * thin].reshape(
             c, windows, thin).sum(-1)
-    stats = kept
+    return kept
+
+
+def _store_chunk(run, out: dict, start: int):
+    """Write one sampling chunk (thinned, constrained) into the ``.npy`` files of
+    ``settings["store"]``, created memory-mapped at full size on the first chunk."""
+    import pathlib
+
+    s = run.settings
+    directory = pathlib.Path(s["store"])
+    directory.mkdir(parents=True, exist_ok=True)
+    kept = _thin(out, s["thin"])
+    xs = kept.pop("position")
+    posterior, loglik = _postprocess(run.programs, xs, run.bound.data, run.weights)
+    offset = start // s["thin"]
+    groups = {"posterior": posterior, "sample_stats": kept, "log_likelihood":
+              loglik if run.log_likelihood else {}, "unconstrained": {"position": xs}}
+    if not hasattr(run, "stores"):
+        run.stores = {}
+    for group, arrays in groups.items():
+        for name, value in arrays.items():
+            key = f"{group}.{name}"
+            if key not in run.stores:
+                shape = (s["chains"], s["draws"]) + tuple(value.shape[2:])
+                run.stores[key] = np.lib.format.open_memmap(
+                    directory / f"{key}.npy", mode="w+", dtype=value.dtype, shape=shape)
+            run.stores[key][:, offset:offset + value.shape[1]] = value
+    run.stored_draws = offset + xs.shape[1]
+
+
+def _build_fit(run, partial_reason):
+    from hbm.results import Fit
+
+    s = run.settings
+    thin = s["thin"]
+    if s.get("store"):
+        return _build_stored_fit(run, partial_reason)
+    stats = {k: np.concatenate([c[k] for c in run.chunks], axis=1) for k in run.chunks[0]}
+    stats = _thin(stats, thin)
     xs = stats.pop("position")
     t2 = time.perf_counter()
     posterior, loglik = _postprocess(run.programs, xs, run.bound.data, run.weights)
     run.times["postprocess"] = time.perf_counter() - t2
+    return _make_fit(run, posterior, loglik, stats, xs, partial_reason)
+
+
+def _build_stored_fit(run, partial_reason):
+    """The Fit of a ``store=`` run: arrays memory-mapped from the ``.npy`` files."""
+    import pathlib
+
+    directory = pathlib.Path(run.settings["store"])
+    n = getattr(run, "stored_draws", 0)
+    groups = {"posterior": {}, "sample_stats": {}, "log_likelihood": {}, "unconstrained": {}}
+    for path in sorted(directory.glob("*.npy")):
+        group, name = path.stem.split(".", 1)
+        if group in groups:
+            groups[group][name] = np.load(path, mmap_mode="r")[:, :n]
+    return _make_fit(run, groups["posterior"], groups["log_likelihood"],
+                     groups["sample_stats"], groups["unconstrained"]["position"],
+                     partial_reason, stacklevel=7)
+
+
+def _make_fit(run, posterior, loglik, stats, xs, partial_reason, stacklevel=6):
+    from hbm.results import Fit
+
+    s = run.settings
+    thin = s["thin"]
     sample_stats = dict(
         diverging=stats["diverging"].astype(bool),
         tree_depth=stats["tree_depth"].astype(np.int64),
@@ -621,7 +691,7 @@ def _build_fit(run, partial_reason):
     if partial_reason is not None:
         fit.partial = True
         fit.info["partial_reason"] = partial_reason
-    fit.warn(stacklevel=5)
+    fit.warn(stacklevel=stacklevel)
     return fit
 
 

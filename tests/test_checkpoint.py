@@ -125,3 +125,22 @@ def test_keyboard_interrupt_returns_partial_fit(monkeypatch):
     assert fit.partial and "interrupted" in fit.info["partial_reason"]
     assert fit.posterior["mu"].shape == (2, 100)
     del original
+
+
+def test_store_streams_draws_to_disk_and_matches_in_memory(tmp_path):
+    import warnings
+
+    model, data = hbm.models.eight_schools()
+    kwargs = dict(SETTINGS, thin=2, chunk_size=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stored = hbm.sample(model, data, store=tmp_path / "draws", **kwargs)
+        memory = hbm.sample(model, data, **kwargs)
+    assert (tmp_path / "draws" / "posterior.theta.npy").exists()
+    on_disk = np.load(tmp_path / "draws" / "posterior.theta.npy", mmap_mode="r")
+    assert on_disk.shape == (2, SETTINGS["draws"], 8)
+    for name in memory.posterior:
+        np.testing.assert_array_equal(stored.posterior[name], memory.posterior[name])
+    for name in memory.sample_stats:
+        np.testing.assert_array_equal(stored.sample_stats[name], memory.sample_stats[name])
+    assert stored.to_arviz().log_likelihood["y"].shape == (2, SETTINGS["draws"], 8)
