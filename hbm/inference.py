@@ -342,7 +342,7 @@ def resume(path, model: Model, *, progress=True, previous: bool = False, checkpo
         reparam = "auto"  # rebuilds the same phases; the chosen weights come from the state
     elif isinstance(reparam, dict):
         reparam = {k: np.asarray(state[f"bind_weights/{k}"]) for k in reparam}
-    run = _prepare_run(model, data, settings, reparam, resumed=True)
+    run = _prepare_run(model, data, settings, reparam)
     leaves = [jnp.asarray(state[f"state/{i}"]) for i in range(meta["num_state_leaves"])]
     run.ws = jax.tree_util.tree_unflatten(run.state_treedef(), leaves)
     run.weights = {k[len("weights/"):]: jnp.asarray(v) for k, v in state.items()
@@ -364,18 +364,15 @@ class _Run:
         self.__dict__.update(kw)
 
     def state_treedef(self):
-        from hbm.samplers.adaptation import warmup_init
-
         shape = jax.eval_shape(
             lambda x: self.programs.init(self.keys["warmup"], x, self.bound.data,
                                          self.weights, jnp.asarray(1.0, x.dtype)),
             jax.ShapeDtypeStruct((self.settings["chains"], self.bound.size),
                                  jnp.result_type(float)))
-        del warmup_init
         return jax.tree_util.tree_structure(shape)
 
 
-def _prepare_run(model, data, settings, reparam, resumed=False) -> _Run:
+def _prepare_run(model, data, settings, reparam) -> _Run:
     chains, warmup = settings["chains"], settings["warmup"]
     auto = reparam == "auto"
     if auto:
@@ -723,12 +720,17 @@ def _postprocess(programs, xs, data, weights):
 # -------------------------------------------------------------------- flat helpers
 def _constrain_draws(bound: BoundModel, xs, store_log_likelihood=True):
     """(n, d) flat unconstrained draws -> posterior dict and log likelihood, (1, n, ...)."""
-    def one(x):
-        params = bound.constrain(x)
-        loglik = bound.log_likelihood(params) if store_log_likelihood else {}
-        return params, loglik
+    key = ("constrain_draws", bound.signature, bool(store_log_likelihood))
+    cache = bound.model._bind_cache
+    if key not in cache:  # compiled once per model structure; data and weights are arguments
+        def one(x, data, weights):
+            params = bound.constrain(x, data, weights)
+            loglik = bound.log_likelihood(params, data) if store_log_likelihood else {}
+            return params, loglik
 
-    params, loglik = jax.jit(lambda v: jax.lax.map(one, v))(jnp.asarray(xs))
+        cache[key] = jax.jit(lambda v, data, weights: jax.lax.map(
+            lambda x: one(x, data, weights), v))
+    params, loglik = cache[key](jnp.asarray(xs), bound.data, bound.weights)
     params = {k: np.asarray(v)[None] for k, v in params.items()}
     loglik = {k: np.asarray(v)[None] for k, v in loglik.items()}
     return params, loglik
