@@ -118,7 +118,7 @@ def hbm_overhead(spec, fit, reps: int) -> dict:
     import jax.numpy as jnp
 
     bound = spec.hbm_model.bind(spec.data)
-    xs = jnp.asarray(fit.info["unconstrained_draws"][:, -1, :])  # (chains, d)
+    xs = jnp.asarray(fit.info["last_position"])  # (chains, d): where the chains ended
     grad_fn = jax.vmap(jax.value_and_grad(bound.logdensity))
     call = jax.jit(grad_fn)
     jax.block_until_ready(call(xs))

@@ -1,21 +1,29 @@
 """Checkpoints of a NUTS run: the full sampler state and the draws so far, on disk.
 
-A checkpoint is a directory that needs nothing but NumPy and JSON to read:
+A checkpoint is a directory that needs nothing but NumPy, JSON and a NetCDF reader
+(xarray, netCDF4 or ``scipy.io.netcdf_file``) to read:
 
 ``checkpoint.json``
     Format version, the run's settings, the phase (``"probe"``, ``"warmup"``,
-    ``"sampling"``) and iterations done in it, and the list of array files with their
-    SHA-256 digests. ``checkpoint.prev.json`` is the previous good checkpoint.
+    ``"sampling"``) and iterations done in it, the state file and the list of draw chunks,
+    each with its number of draws and its files' SHA-256 digests.
+    ``checkpoint.prev.json`` is the previous good checkpoint.
+``data.npz``
+    The run's data (``data/<key>``), written once.
 ``state-<n>.npz``
     The sampler state after chunk ``n``: every field of the per-chain warmup state
     (positions, log densities, gradients, step sizes, inverse mass matrices, dual-averaging
     and Welford accumulators, iteration counters), the centering weights of the chosen
-    parameterization, the probe draws of ``reparam="auto"`` while they are needed, and the
-    data. Random keys are not state: the key of chain ``c`` at iteration ``i`` is
+    parameterization, and the probe draws of ``reparam="auto"`` while they are needed. Random keys are not state: the key of chain ``c`` at iteration ``i`` is
     ``fold_in(chain_key[c], i)`` with chain keys derived from the seed.
-``draws-<k>.npz``
-    The ``k``-th chunk of sampling output (chain, draw, ...): flat unconstrained positions
-    and the sampler statistics. Written once, never rewritten.
+``posterior-<k>.nc``, ``sample_stats-<k>.nc``, ``log_likelihood-<k>.nc``
+    The ``k``-th chunk of kept draws, one NetCDF-3 file per ArviZ group, with dimensions
+    ``(chain, draw, ...)`` (the model's ``dims`` where it names them) and a ``draw``
+    coordinate that counts from the start of sampling. Written once, never rewritten.
+    Booleans are stored as bytes and 64-bit integers as 32-bit ones, with the original
+    dtype in the variable's ``hbm_dtype`` attribute. The posterior so far is, with xarray,
+    ``xr.concat([xr.open_dataset(f) for f in sorted(glob("posterior-*.nc"))], "draw")``
+    (the index lists the chunks that belong to the checkpoint).
 
 Every file is written to a temporary name, flushed and fsync'ed, then renamed, and the
 JSON index is replaced last, so a run killed at any moment leaves the last complete
@@ -35,11 +43,11 @@ import numpy as np
 
 from hbm.errors import HbmError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INDEX = "checkpoint.json"
 PREVIOUS = "checkpoint.prev.json"
 
-__all__ = ["CheckpointError", "save", "load", "FORMAT_VERSION"]
+__all__ = ["CheckpointError", "save", "load", "check_new", "FORMAT_VERSION"]
 
 
 class CheckpointError(HbmError, ValueError):
@@ -80,24 +88,108 @@ def _npz_bytes(arrays: dict) -> bytes:
     return buf.getvalue()
 
 
-def save(path, meta: dict, state: dict, new_draws: dict | None = None) -> None:
+_NETCDF_TYPES = {np.dtype(t) for t in ("int8", "int16", "int32", "float32", "float64")}
+
+
+def _netcdf_storable(value: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """``value`` in a dtype NetCDF-3 holds, and the original dtype's name if it changed."""
+    if value.dtype in _NETCDF_TYPES:
+        return value, None
+    if value.dtype == bool:
+        return value.astype(np.int8), "bool"
+    if np.issubdtype(value.dtype, np.integer):
+        info = np.iinfo(np.int32)
+        if value.size == 0 or (value.min() >= info.min and value.max() <= info.max):
+            return value.astype(np.int32), value.dtype.name
+    return value.astype(np.float64), value.dtype.name
+
+
+def _netcdf_bytes(arrays: dict, first_draw: int, dims: dict) -> bytes:
+    """One group of a draws chunk, ``name -> (chain, draw, ...)``, as a NetCDF-3 file."""
+    from scipy.io import netcdf_file
+
+    chains, count = next(iter(arrays.values())).shape[:2]
+    buf = io.BytesIO()
+    f = netcdf_file(buf, "w", version=2)
+    sizes = {"chain": chains, "draw": count}
+    for name, size in sizes.items():
+        f.createDimension(name, size)
+    f.createVariable("chain", "i", ("chain",))[:] = np.arange(chains, dtype=np.int32)
+    f.createVariable("draw", "i", ("draw",))[:] = first_draw + np.arange(count, dtype=np.int32)
+    for name, value in arrays.items():
+        value = np.asarray(value)
+        named = list(dims.get(name, ()))
+        axes = []
+        for i, size in enumerate(value.shape[2:]):
+            axis = named[i] if i < len(named) else f"{name}_dim_{i}"
+            if sizes.get(axis, size) != size or axis in arrays:
+                axis = f"{name}_dim_{i}"
+            if axis not in sizes:
+                f.createDimension(axis, size)
+                sizes[axis] = size
+            axes.append(axis)
+        stored, original = _netcdf_storable(value)
+        variable = f.createVariable(name, stored.dtype, ("chain", "draw", *axes))
+        variable[:] = stored
+        if original is not None:
+            variable.hbm_dtype = original
+    f.flush()
+    payload = buf.getvalue()
+    f.close()
+    return payload
+
+
+def _read_netcdf(path: pathlib.Path) -> dict:
+    from scipy.io import netcdf_file
+
+    with netcdf_file(path, "r", mmap=False) as f:
+        arrays = {}
+        for name, variable in f.variables.items():
+            if name in ("chain", "draw"):
+                continue
+            value = np.array(variable[:])
+            original = getattr(variable, "hbm_dtype", None)
+            if original is not None:
+                value = value.astype(original.decode() if isinstance(original, bytes)
+                                     else original)
+            arrays[name] = value
+    return dict(sorted(arrays.items()))  # the order of the run's (JAX-sorted) dicts
+
+
+def save(path, meta: dict, state: dict, new_draws: dict | None = None,
+         dims: dict | None = None, data: dict | None = None) -> None:
     """Write a checkpoint: ``state`` arrays replace the previous state file; ``new_draws``
-    (if any) is appended as the next draws chunk; ``meta`` is JSON-serializable."""
+    (``group -> name -> (chain, draw, ...)``), if any, is appended as the next draws
+    chunk; ``meta`` is JSON-serializable; ``dims`` names parameter axes; ``data`` is
+    written with the first checkpoint of a run and kept."""
     directory = pathlib.Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     index_path = directory / INDEX
     old = json.loads(index_path.read_text()) if index_path.exists() else None
+    if old is not None and old.get("data_file"):
+        data_file = old["data_file"]
+    else:
+        _atomic_write(directory / "data.npz",
+                      _npz_bytes({f"data/{k}": v for k, v in (data or {}).items()}))
+        data_file = {"file": "data.npz", "sha256": _sha256(directory / "data.npz")}
     draws_files = list(old["draws_files"]) if old else []
     counter = (old["counter"] + 1) if old else 0
     if new_draws is not None:
-        name = f"draws-{len(draws_files):05d}.npz"
-        _atomic_write(directory / name, _npz_bytes(new_draws))
-        draws_files.append({"file": name, "sha256": _sha256(directory / name)})
+        first_draw = sum(entry["draws"] for entry in draws_files)
+        files, count = {}, 0
+        for group, arrays in new_draws.items():
+            if not arrays:
+                continue
+            name = f"{group}-{len(draws_files):05d}.nc"
+            _atomic_write(directory / name, _netcdf_bytes(arrays, first_draw, dims or {}))
+            files[group] = {"file": name, "sha256": _sha256(directory / name)}
+            count = next(iter(arrays.values())).shape[1]
+        draws_files.append({"draws": count, "files": files})
     state_name = f"state-{counter:06d}.npz"
     _atomic_write(directory / state_name, _npz_bytes(state))
     index = dict(meta, format_version=FORMAT_VERSION, counter=counter,
                  state_file={"file": state_name, "sha256": _sha256(directory / state_name)},
-                 draws_files=draws_files)
+                 data_file=data_file, draws_files=draws_files)
     payload = json.dumps(index, indent=1, default=_json_default).encode()
     if old is not None:
         os.replace(index_path, directory / PREVIOUS)
@@ -110,6 +202,24 @@ def save(path, meta: dict, state: dict, new_draws: dict | None = None) -> None:
             f.unlink(missing_ok=True)
 
 
+def check_new(path) -> None:
+    """Refuse to start a run in a directory that already holds a checkpoint: it may be
+    the only copy of a long run's draws."""
+    index_path = pathlib.Path(path) / INDEX
+    if not index_path.exists():
+        return
+    try:
+        meta = json.loads(index_path.read_text())
+        where = (f" (phase {meta['phase']!r}, {meta['done']} iterations done)"
+                 if "phase" in meta and "done" in meta else "")
+    except (OSError, ValueError):
+        where = ""
+    raise CheckpointError(
+        f"checkpoint directory {path} already holds a checkpoint{where}: continue that run "
+        "with hbm.resume(path, model), or remove the directory (or pass another path) to "
+        "start a new one")
+
+
 def _json_default(obj):
     if isinstance(obj, np.generic):
         return obj.item()
@@ -118,23 +228,33 @@ def _json_default(obj):
     raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint index")
 
 
-def _read_npz(directory: pathlib.Path, entry: dict) -> dict:
+def _verify(directory: pathlib.Path, entry: dict) -> pathlib.Path:
     path = directory / entry["file"]
     if not path.exists():
         raise CheckpointError(f"checkpoint file {path} is missing")
     if _sha256(path) != entry["sha256"]:
         raise CheckpointError(f"checkpoint file {path} is corrupted or truncated (its SHA-256 "
                               "does not match the index)")
+    return path
+
+
+def _read(path: pathlib.Path, reader) -> dict:
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+        return reader(path)
     except Exception as e:  # a file that hashes right but does not parse
         raise CheckpointError(f"checkpoint file {path} cannot be read: {e}") from e
 
 
+def _read_npz(path: pathlib.Path) -> dict:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
 def load(path, previous: bool = False):
-    """Read and verify a checkpoint: ``(meta, state, draws)`` where ``draws`` concatenates
-    the draw chunks along the draw axis. ``previous=True`` reads the one before."""
+    """Read and verify a checkpoint: ``(meta, state, draws)``, where ``draws`` yields the
+    draw chunks in order, each ``group -> name -> (chain, draw, ...)``, read one at a time
+    (every file's digest is checked before this returns). ``previous=True`` reads the
+    checkpoint before the last."""
     directory = pathlib.Path(path)
     index_path = directory / (PREVIOUS if previous else INDEX)
     if not index_path.exists():
@@ -147,13 +267,18 @@ def load(path, previous: bool = False):
         raise CheckpointError(f"checkpoint format {meta.get('format_version')} is not "
                               f"supported (this hbm reads format {FORMAT_VERSION})")
     try:
-        state = _read_npz(directory, meta["state_file"])
-        chunks = [_read_npz(directory, entry) for entry in meta["draws_files"]]
+        state = _read(_verify(directory, meta["state_file"]), _read_npz)
+        state.update(_read(_verify(directory, meta["data_file"]), _read_npz))
+        chunks = [{group: _verify(directory, entry) for group, entry in chunk["files"].items()}
+                  for chunk in meta["draws_files"]]
     except CheckpointError as e:
         hint = ""
         if not previous and (directory / PREVIOUS).exists():
             hint = " The previous checkpoint may be intact: hbm.resume(path, previous=True)."
         raise CheckpointError(str(e) + "." + hint) from None
-    draws = ({k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
-             if chunks else {})
-    return meta, state, draws
+
+    def draws():
+        for files in chunks:
+            yield {group: _read(path, _read_netcdf) for group, path in files.items()}
+
+    return meta, state, draws()

@@ -1,4 +1,5 @@
-"""The ``hbm`` command: ``hbm demo``, ``hbm fit MODEL``, ``hbm models``.
+"""The ``hbm`` command: ``hbm demo``, ``hbm fit MODEL``, ``hbm resume DIR MODEL``,
+``hbm models``.
 
 Errors raised by hbm are printed as one clear line (exit status 2), not a traceback.
 """
@@ -141,21 +142,39 @@ def _demo(args) -> int:
 
 
 def _fit(args) -> int:
-    import pandas as pd
-
     import hbm
+    from hbm.errors import ConfigurationError
 
     model, data = _load_model(args.model, args.data)
     kwargs = {}
     if args.method in ("nuts", "auto"):
         kwargs = dict(chains=args.chains, warmup=args.warmup, draws=args.draws)
+    if args.checkpoint or args.store:
+        if args.method != "nuts":
+            raise ConfigurationError("--checkpoint and --store need --method nuts")
+        kwargs.update(checkpoint=args.checkpoint, store=args.store)
     result = hbm.fit(model, data, method=args.method, seed=args.seed, **kwargs)
+    return _report(result, args.out)
+
+
+def _resume(args) -> int:
+    import hbm
+
+    model, _ = _load_model(args.model, args.data)
+    return _report(hbm.resume(args.checkpoint, model, previous=args.previous), args.out)
+
+
+def _report(result, out) -> int:
+    import pandas as pd
+
     pd.set_option("display.width", 120)
     print(f"method: {result.method}"
           + (f" (fell back: {result.fallback_reason})" if result.fallback_reason else ""))
+    if result.partial:
+        print(f"partial: {result.info.get('partial_reason')}")
     print(result.summary().to_string())
-    if args.out:
-        out = pathlib.Path(args.out)
+    if out:
+        out = pathlib.Path(out)
         out.mkdir(parents=True, exist_ok=True)
         nc = out / "fit.nc"
         result.to_arviz().to_netcdf(str(nc))
@@ -194,7 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--draws", type=int, default=1000)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", default=None)
+    fit.add_argument("--checkpoint", default=None, metavar="DIR",
+                     help="NUTS: write the sampler state and draws to DIR after every chunk")
+    fit.add_argument("--store", default=None, metavar="DIR",
+                     help="NUTS: stream the draws to memory-mapped .npy files in DIR")
     fit.set_defaults(func=_fit)
+
+    res = sub.add_parser("resume", help="continue a NUTS run from its --checkpoint directory")
+    res.add_argument("checkpoint", metavar="DIR")
+    res.add_argument("model", help="the model the run was started with")
+    res.add_argument("--data", default=None, help="CSV file passed to the model function")
+    res.add_argument("--previous", action="store_true",
+                     help="use the checkpoint before the last (if the last is damaged)")
+    res.add_argument("--out", default=None)
+    res.set_defaults(func=_resume)
 
     lst = sub.add_parser("models", help="list the model library")
     lst.set_defaults(func=_models)

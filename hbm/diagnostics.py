@@ -11,7 +11,8 @@ wrong and what to try:
   not because the trajectory made a U-turn (Hoffman & Gelman, 2014, JMLR 15:1593).
 - Rank-normalized split R-hat and bulk effective sample size (Vehtari, Gelman, Simpson,
   Carpenter & Buerkner, 2021, "Rank-normalization, folding, and localization: an
-  improved R-hat", Bayesian Analysis 16(2)), computed with ArviZ.
+  improved R-hat", Bayesian Analysis 16(2)), computed with ArviZ one block of elements
+  at a time, so the memory used stays bounded however many parameters there are.
 - E-BFMI, the energy Bayesian fraction of missing information (Betancourt, 2016,
   "Diagnosing suboptimal cotangent disintegrations in Hamiltonian Monte Carlo",
   arXiv:1604.00695): ``sum(diff(E)^2) / sum((E - mean(E))^2)`` per chain.
@@ -32,6 +33,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from hbm.draws import file_map as _mapped_file
+from hbm.draws import release_map as _release_pages
 from hbm.errors import DataError
 
 __all__ = [
@@ -51,6 +54,8 @@ __all__ = [
     "pareto_khat",
     "rhat_by_element",
     "ess_bulk_by_element",
+    "convergence_by_element",
+    "DIAGNOSTICS_BLOCK_BYTES",
     "element_labels",
     "diagnose",
 ]
@@ -60,6 +65,10 @@ ESS_BULK_THRESHOLD = 400.0
 EBFMI_THRESHOLD = 0.3
 DEFAULT_MAX_TREE_DEPTH = 10
 _MAX_NAMES_LISTED = 10
+# Most bytes of float64 draws handed to ArviZ at once by ``convergence_by_element``.
+DIAGNOSTICS_BLOCK_BYTES = 64 * 2**20
+# The ArviZ statistics computed per block: rank-normalized split R-hat and bulk ESS.
+_STATISTICS = (("rhat", {}), ("ess", {"method": "bulk"}))
 
 
 class HbmWarning(UserWarning):
@@ -299,33 +308,113 @@ def element_labels(
     return labels
 
 
-def _posterior_dataset(posterior: dict[str, np.ndarray]):
-    """An ``xarray.Dataset`` with dims ``(chain, draw, <name>_dim_<i>...)``."""
-    import xarray as xr
-
-    data_vars = {}
+def _numeric_arrays(posterior: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The numeric (and boolean) parameters as arrays, without copying them."""
+    numeric = {}
     for name, values in posterior.items():
         array = np.asarray(values)
-        extra = tuple(f"{name}_dim_{i}" for i in range(array.ndim - 2))
-        data_vars[name] = (("chain", "draw", *extra), array)
-    return xr.Dataset(data_vars)
+        if np.issubdtype(array.dtype, np.number) or array.dtype == bool:
+            if array.ndim < 2:
+                raise DataError(
+                    f"posterior[{name!r}] must have shape (chain, draw, ...); "
+                    f"got {array.shape}."
+                )
+            numeric[name] = array
+    return numeric
 
 
-def _per_element(
-    posterior: dict[str, np.ndarray], statistic: str, **kwargs
-) -> dict[str, np.ndarray]:
-    arviz = load_arviz()
-    numeric = {
-        name: np.asarray(values, dtype=float)
-        for name, values in posterior.items()
-        if np.issubdtype(np.asarray(values).dtype, np.number)
-        or np.asarray(values).dtype == bool
-    }
-    if not numeric:
-        return {}
+def _as_columns(array: np.ndarray) -> np.ndarray | None:
+    """``array`` viewed as ``(chain, draw, k)``, one column per element; None if only a
+    copy could give that shape (then blocks are gathered by index)."""
+    chain, draw = array.shape[:2]
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim == 3:
+        return array
+    if array.flags.c_contiguous:
+        return array.reshape(chain, draw, -1)
+    return None
+
+
+def _fill_block(
+    block: np.ndarray, array: np.ndarray, columns: np.ndarray | None, start: int, mapped
+) -> None:
+    """Copy elements ``start : start + b`` of ``array`` into the float64 ``block``
+    ``(chain, draw, b)``, a slab of draws at a time so no full-size temporary appears.
+
+    A slab read from a file map touches the pages of all elements of its draws, so there
+    the slabs are sized by those pages, which are released after each slab.
+    """
+    chain, draws, width = block.shape
+    row_bytes = width * 8
+    if mapped is not None:
+        row_bytes = max(row_bytes, array.itemsize * int(np.prod(array.shape[2:], dtype=int)))
+    step = max(1, DIAGNOSTICS_BLOCK_BYTES // 8 // max(1, chain * row_bytes))
+    if columns is None:
+        index = np.unravel_index(np.arange(start, start + width), array.shape[2:])
+    for r0 in range(0, draws, step):
+        r1 = min(draws, r0 + step)
+        if columns is None:
+            block[:, r0:r1] = array[(slice(None), slice(r0, r1), *index)]
+        else:
+            block[:, r0:r1] = columns[:, r0:r1, start : start + width]
+        if mapped is not None:
+            _release_pages(mapped)
+
+
+def _block_convergence(arviz, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """R-hat and bulk ESS (ArviZ) of each column of a float64 ``(chain, draw, b)`` block."""
+    import xarray as xr
+
+    dataset = xr.Dataset({"x": (("chain", "draw", "x_dim_0"), block)})
+    results = []
     with quiet_arviz(arviz):
-        result = getattr(arviz, statistic)(_posterior_dataset(numeric), **kwargs)
-    return {name: np.asarray(result[name].values, dtype=float) for name in numeric}
+        for statistic, kwargs in _STATISTICS:
+            result = getattr(arviz, statistic)(dataset, **kwargs)
+            results.append(np.asarray(result["x"].values, dtype=float))
+    return results[0], results[1]
+
+
+def convergence_by_element(
+    posterior: dict[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Rank-normalized split R-hat and bulk ESS (ArviZ) of every element, in one pass.
+
+    Both statistics treat each element on its own, so each parameter is read as
+    ``(chain, draw, k)`` columns in blocks of at most ``DIAGNOSTICS_BLOCK_BYTES`` of float64
+    (at least one column): the working memory does not grow with the number of parameters,
+    and pages of a memory-mapped file (``np.memmap``) are dropped from the RSS as soon as
+    they are copied. The results equal ArviZ's on the whole posterior.
+
+    Returns
+    -------
+    (dict, dict)
+        ``name -> R-hat`` and ``name -> bulk ESS``, arrays of the parameter's shape; NaN
+        where undefined. Non-numeric parameters are left out.
+    """
+    numeric = _numeric_arrays(posterior)
+    if not numeric:
+        return {}, {}
+    arviz = load_arviz()
+    rhat: dict[str, np.ndarray] = {}
+    ess: dict[str, np.ndarray] = {}
+    for name, array in numeric.items():
+        chain, draw = array.shape[:2]
+        size = int(np.prod(array.shape[2:], dtype=int))
+        columns = _as_columns(array)
+        mapped = _mapped_file(array)
+        width = max(1, DIAGNOSTICS_BLOCK_BYTES // max(1, chain * draw * 8))
+        rhat_flat = np.empty(size)
+        ess_flat = np.empty(size)
+        for start in range(0, size, width):
+            stop = min(size, start + width)
+            block = np.empty((chain, draw, stop - start))
+            _fill_block(block, array, columns, start, mapped)
+            rhat_flat[start:stop], ess_flat[start:stop] = _block_convergence(arviz, block)
+            del block
+        rhat[name] = rhat_flat.reshape(array.shape[2:])
+        ess[name] = ess_flat.reshape(array.shape[2:])
+    return rhat, ess
 
 
 def rhat_by_element(posterior: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -333,12 +422,12 @@ def rhat_by_element(posterior: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     Returns ``name -> array of the parameter's shape``; NaN where undefined.
     """
-    return _per_element(posterior, "rhat")
+    return convergence_by_element(posterior)[0]
 
 
 def ess_bulk_by_element(posterior: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Bulk effective sample size (ArviZ) for every element of every parameter."""
-    return _per_element(posterior, "ess", method="bulk")
+    return convergence_by_element(posterior)[1]
 
 
 def _name_list(names: list[str]) -> str:
@@ -420,9 +509,8 @@ def diagnose(fit) -> list[str]:
         if report.count > 0:
             messages.append(_treedepth_message(report))
 
-    rhat_flagged = _flagged_elements(
-        rhat_by_element(fit.posterior), lambda r: r > RHAT_THRESHOLD, dims, coords
-    )
+    rhat, ess = convergence_by_element(fit.posterior)
+    rhat_flagged = _flagged_elements(rhat, lambda r: r > RHAT_THRESHOLD, dims, coords)
     if rhat_flagged:
         worst = max(value for _, value in rhat_flagged)
         messages.append(
@@ -432,9 +520,7 @@ def diagnose(fit) -> list[str]:
             "reparameterize the model."
         )
 
-    ess_flagged = _flagged_elements(
-        ess_bulk_by_element(fit.posterior), lambda e: e < ESS_BULK_THRESHOLD, dims, coords
-    )
+    ess_flagged = _flagged_elements(ess, lambda e: e < ESS_BULK_THRESHOLD, dims, coords)
     if ess_flagged:
         lowest = min(value for _, value in ess_flagged)
         messages.append(

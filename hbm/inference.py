@@ -16,6 +16,7 @@ and take the data as an argument: a second run on same-shaped data does not reco
 from __future__ import annotations
 
 import math
+import pathlib
 import sys
 import time
 from functools import partial
@@ -25,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hbm.errors import ConfigurationError, HbmError, ModelError
+from hbm.errors import ConfigurationError, HbmError, ModelError, SamplingError
+from hbm.draws import DrawBuffer
 from hbm.model import BoundModel, Model
 
 CHAIN_METHODS = ("vectorized", "sequential", "sharded")
@@ -77,7 +79,7 @@ class _Programs(NamedTuple):
     bound: BoundModel
     init: object
     chunk: object
-    postprocess: object
+    emit: object
 
 
 def _chain_mapper(chain_method, num_chains):
@@ -172,17 +174,28 @@ def _build_programs(bound: BoundModel, *, num_chains, chunk_size, max_tree_depth
 
         return jax.lax.scan(body, ws, jnp.arange(chunk_size))
 
-    def postprocess_one(xs, data, weights):
+    def emit_one(out, data, weights, thin):
+        """One chain's sampling chunk -> thinned constrained draws, statistics and
+        pointwise log likelihood, computed on the device so only those leave it."""
+        kept = {k: v[thin - 1::thin] for k, v in out.items()}
+        if thin > 1:  # chunks hold whole thinning windows
+            kept["diverging"] = out["diverging"].reshape(-1, thin).any(-1)
+            kept["n_steps"] = out["n_steps"].reshape(-1, thin).sum(-1)
+
         def one(x):
             params = bound.constrain(x, data, weights)
             loglik = bound.log_likelihood(params, data) if store_log_likelihood else {}
             return params, loglik
-        return jax.lax.map(one, xs)
+
+        params, loglik = jax.lax.map(one, kept.pop("position"))
+        return params, kept, loglik
 
     init = jax.jit(mapper(init_one, (0, 0, None, None, None)))
     chunk = jax.jit(mapper(chunk_one, (0, 0, None, None, None, None, None, None, None)))
-    postprocess = jax.jit(jax.vmap(postprocess_one, in_axes=(0, None, None)))
-    return _Programs(bound, init, chunk, postprocess)
+    emit = jax.jit(lambda out, data, weights, thin: jax.vmap(
+        partial(emit_one, thin=thin), in_axes=(0, None, None))(out, data, weights),
+        static_argnums=3)
+    return _Programs(bound, init, chunk, emit)
 
 
 def _progress_bar(progress, total, desc):
@@ -318,6 +331,10 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
                     else float(step_size), log_likelihood=log_likelihood,
                     reparam=reparam if isinstance(reparam, str) else "custom",
                     store=None if store is None else str(store))
+    if checkpoint is not None:
+        from hbm import checkpoint as ckpt
+
+        ckpt.check_new(checkpoint)
     run = _prepare_run(model, data, settings, reparam)
     run.positions = _initial_positions(run.bound, run.keys["init"], chains, init)
     return _execute(run, progress=progress, checkpoint=checkpoint, after_warmup=_after_warmup)
@@ -351,8 +368,10 @@ def resume(path, model: Model, *, progress=True, previous: bool = False, checkpo
     run.probe_positions = state.get("probe_positions")
     run.stats.update(meta["warmup_stats"])
     run.times.update(meta.get("times", {}))
-    if draws:
-        run.chunks = [draws]
+    offset = 0
+    for groups in draws:  # chunk by chunk, so resuming needs no more memory than the run
+        run.buffer.write(groups, offset)
+        offset += next(iter(groups["sample_stats"].values())).shape[1]
     return _execute(run, progress=progress, checkpoint=path if checkpoint else None,
                     after_warmup=None)
 
@@ -417,7 +436,8 @@ def _prepare_run(model, data, settings, reparam) -> _Run:
     return _Run(model=model, bound=bound, programs=programs, settings=settings, auto=auto,
                 bind_reparam=bind_reparam, log_likelihood=bool(log_likelihood), keys=keys,
                 phases=phases, phase=phases[0][0], done=0, ws=None,
-                weights=dict(bound.weights), probe_positions=None, chunks=[],
+                weights=dict(bound.weights), probe_positions=None,
+                buffer=DrawBuffer(chains, settings["draws"], settings.get("store")),
                 stats={"divergences": 0, "gradients": 0}, times={}, chunk_times=[],
                 positions=None)
 
@@ -428,7 +448,6 @@ def _save_checkpoint(run, path, new_draws=None):
     leaves = jax.tree_util.tree_leaves(run.ws)
     state = {f"state/{i}": np.asarray(v) for i, v in enumerate(leaves)}
     state.update({f"weights/{k}": np.asarray(v) for k, v in run.weights.items()})
-    state.update({f"data/{k}": np.asarray(v) for k, v in run.bound.data.items()})
     bind_reparam = run.bind_reparam
     if isinstance(bind_reparam, dict):
         state.update({f"bind_weights/{k}": np.asarray(v) for k, v in bind_reparam.items()})
@@ -440,15 +459,15 @@ def _save_checkpoint(run, path, new_draws=None):
     meta = dict(settings=run.settings, phase=run.phase, done=run.done,
                 num_state_leaves=len(leaves), bind_reparam=bind_meta,
                 warmup_stats=run.stats, times=run.times, model=run.model.name)
-    ckpt.save(path, meta, state, new_draws)
+    first = not (pathlib.Path(path) / ckpt.INDEX).exists()
+    data = {k: np.asarray(v) for k, v in run.bound.data.items()} if first else None
+    ckpt.save(path, meta, state, new_draws, dims=run.model.dims, data=data)
 
 
 def _execute(run: _Run, *, progress, checkpoint, after_warmup):
     """Run (or continue) the phases of ``run`` chunk by chunk; build the Fit."""
-    from hbm.results import Fit
-
     s = run.settings
-    chains, thin, chunk_size = s["chains"], s["thin"], s["chunk_size"]
+    chains, thin = s["chains"], s["thin"]
     programs, data = run.programs, run.bound.data
     total = s["warmup"] + s["draws"]
     done_before = sum(n for name, n in run.phases[:[p for p, _ in run.phases].index(
@@ -507,14 +526,43 @@ def _execute(run: _Run, *, progress, checkpoint, after_warmup):
         run.times["sampling"] = run.times.get("sampling", 0.0) + (time.perf_counter()
                                                                   - t_start)
     except KeyboardInterrupt:
-        done = (getattr(run, "stored_draws", 0) if s.get("store")
-                else sum(c["lp"].shape[1] for c in run.chunks) // thin)
+        done = run.buffer.filled
         if run.phase != "sampling" or done == 0:
             raise
         partial_reason = f"interrupted by the user after {done} of {s['draws']} draws"
+    except HbmError:
+        raise
+    except Exception as error:  # out of memory, disk full, a device failure, ...
+        raise _failure_keeping_draws(run, error, checkpoint) from error
     finally:
         bar.close()
     return _build_fit(run, partial_reason)
+
+
+def _failure_keeping_draws(run, error, checkpoint):
+    """A :class:`SamplingError` for a run that failed mid-sampling, carrying the draws
+    completed so far as ``error.partial_fit`` (``None`` when there are none)."""
+    import warnings
+
+    s = run.settings
+    done = run.buffer.filled if run.phase == "sampling" else 0
+    where = (f"after {done} of {s['draws']} draws" if run.phase == "sampling"
+             else f"during {run.phase} (iteration {run.done})")
+    partial_fit = None
+    if done:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                partial_fit = _build_fit(run, f"stopped by {type(error).__name__} {where}")
+        except Exception:  # the failure itself (e.g. no memory left) may prevent it
+            partial_fit = None
+    kept = ("the draws made so far are in this error's .partial_fit" if partial_fit is not None
+            else "no draws were kept")
+    if checkpoint is not None:
+        kept += f"; hbm.resume({str(checkpoint)!r}, model) continues from the last checkpoint"
+    err = SamplingError(f"sampling stopped {where}: {type(error).__name__}: {error} ({kept})")
+    err.partial_fit = partial_fit
+    return err
 
 
 def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
@@ -540,29 +588,34 @@ def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
                                      jnp.asarray(adapt), jnp.asarray(stage[sl]),
                                      jnp.asarray(window_end[sl]), run.bound.data, run.weights)
         n = min(chunk_size, n_iter - start)
-        out = {k: v[:, :n] for k, v in jax.device_get(out).items()}
-        elapsed = time.perf_counter() - t0
         run.ws, run.done = ws, start + n
         new_draws = None
         if adapt:
+            wanted = ["diverging", "n_steps", "step_size"]
+            if run.phase == "probe":
+                wanted.append("position")
+            out = {k: np.asarray(v)[:, :n]
+                   for k, v in jax.device_get({k: out[k] for k in wanted}).items()}
             run.stats["divergences"] += int(out["diverging"].sum())
             run.stats["gradients"] += int(out["n_steps"].sum())
-            run.chunk_times.append((elapsed, n))
+            run.chunk_times.append((time.perf_counter() - t0, n))
             if run.phase == "probe":
                 pos = out["position"]
                 run.probe_positions = pos if run.probe_positions is None else np.concatenate(
                     [run.probe_positions, pos], axis=1)
             bar.update(n)
         else:
-            if s.get("store"):
-                _store_chunk(run, out, start)
-            else:
-                run.chunks.append(out)
-            new_draws = out
+            params, stats, loglik = run.programs.emit(out, run.bound.data, run.weights, thin)
+            kept = n // thin
+            new_draws = {group: {k: np.asarray(v)[:, :kept] for k, v in arrays.items()}
+                         for group, arrays in jax.device_get(dict(
+                             posterior=params, sample_stats=stats,
+                             log_likelihood=loglik)).items()}
+            run.buffer.write(new_draws, start // thin)
+            out = new_draws["sample_stats"]
             run.stats["sampling_divergences"] = run.stats.get(
                 "sampling_divergences", 0) + int(out["diverging"].sum())
-            before = (start // thin)
-            bar.update((start + n) // thin - before)
+            bar.update(kept)
         bar.set_postfix(divergences=run.stats["divergences"] if adapt
                         else run.stats["sampling_divergences"],
             step_size=f"{float(np.mean(out['step_size'][:, -1])):.3g}")
@@ -571,80 +624,14 @@ def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
     return ws
 
 
-def _thin(stats: dict, thin: int) -> dict:
-    """Every ``thin``-th iteration; divergences and gradient counts over each window."""
-    n_iter = stats["lp"].shape[1]
-    windows = n_iter // thin
-    kept = {k: v[:, thin - 1:windows * thin:thin] for k, v in stats.items()}
-    if thin > 1:
-        c = stats["lp"].shape[0]
-        kept["diverging"] = stats["diverging"][:, :windows * thin].reshape(
-            c, windows, thin).any(-1)
-        kept["n_steps"] = stats["n_steps"][:, :windows * thin].reshape(
-            c, windows, thin).sum(-1)
-    return kept
-
-
-def _store_chunk(run, out: dict, start: int):
-    """Write one sampling chunk (thinned, constrained) into the ``.npy`` files of
-    ``settings["store"]``, created memory-mapped at full size on the first chunk."""
-    import pathlib
-
-    s = run.settings
-    directory = pathlib.Path(s["store"])
-    directory.mkdir(parents=True, exist_ok=True)
-    kept = _thin(out, s["thin"])
-    xs = kept.pop("position")
-    posterior, loglik = _postprocess(run.programs, xs, run.bound.data, run.weights)
-    offset = start // s["thin"]
-    groups = {"posterior": posterior, "sample_stats": kept, "log_likelihood":
-              loglik if run.log_likelihood else {}, "unconstrained": {"position": xs}}
-    if not hasattr(run, "stores"):
-        run.stores = {}
-    for group, arrays in groups.items():
-        for name, value in arrays.items():
-            key = f"{group}.{name}"
-            if key not in run.stores:
-                shape = (s["chains"], s["draws"]) + tuple(value.shape[2:])
-                run.stores[key] = np.lib.format.open_memmap(
-                    directory / f"{key}.npy", mode="w+", dtype=value.dtype, shape=shape)
-            run.stores[key][:, offset:offset + value.shape[1]] = value
-    run.stored_draws = offset + xs.shape[1]
-
-
 def _build_fit(run, partial_reason):
-    from hbm.results import Fit
-
-    s = run.settings
-    thin = s["thin"]
-    if s.get("store"):
-        return _build_stored_fit(run, partial_reason)
-    stats = {k: np.concatenate([c[k] for c in run.chunks], axis=1) for k in run.chunks[0]}
-    stats = _thin(stats, thin)
-    xs = stats.pop("position")
-    t2 = time.perf_counter()
-    posterior, loglik = _postprocess(run.programs, xs, run.bound.data, run.weights)
-    run.times["postprocess"] = time.perf_counter() - t2
-    return _make_fit(run, posterior, loglik, stats, xs, partial_reason)
-
-
-def _build_stored_fit(run, partial_reason):
-    """The Fit of a ``store=`` run: arrays memory-mapped from the ``.npy`` files."""
-    import pathlib
-
-    directory = pathlib.Path(run.settings["store"])
-    n = getattr(run, "stored_draws", 0)
-    groups = {"posterior": {}, "sample_stats": {}, "log_likelihood": {}, "unconstrained": {}}
-    for path in sorted(directory.glob("*.npy")):
-        group, name = path.stem.split(".", 1)
-        if group in groups:
-            groups[group][name] = np.load(path, mmap_mode="r")[:, :n]
+    """The Fit of the draws in ``run.buffer`` (views; memory-mapped with ``store=``)."""
+    groups = run.buffer.read()
     return _make_fit(run, groups["posterior"], groups["log_likelihood"],
-                     groups["sample_stats"], groups["unconstrained"]["position"],
-                     partial_reason, stacklevel=7)
+                     groups["sample_stats"], partial_reason)
 
 
-def _make_fit(run, posterior, loglik, stats, xs, partial_reason, stacklevel=6):
+def _make_fit(run, posterior, loglik, stats, partial_reason, stacklevel=6):
     from hbm.results import Fit
 
     s = run.settings
@@ -678,7 +665,7 @@ def _make_fit(run, posterior, loglik, stats, xs, partial_reason, stacklevel=6):
         seed=s["seed"],
         thin=thin,
         times=dict(run.times),
-        unconstrained_draws=xs,
+        last_position=np.asarray(run.ws.hmc_state.position),
     )
     model = run.model
     fit = Fit(posterior, sample_stats, method="nuts", model=model, data=run.bound.data,
@@ -707,14 +694,6 @@ def _observed_keys(bound: BoundModel) -> list:
         jax.eval_shape(trace, jnp.zeros(bound.size))
         bound._observed_keys = keys
     return bound._observed_keys
-
-
-def _postprocess(programs, xs, data, weights):
-    """Constrained draws and pointwise log likelihood from flat draws (chain, draw, d)."""
-    params, loglik = programs.postprocess(jnp.asarray(xs), data, weights)
-    params = {k: np.asarray(v) for k, v in params.items()}
-    loglik = {k: np.asarray(v) for k, v in loglik.items()}
-    return params, loglik
 
 
 # -------------------------------------------------------------------- flat helpers

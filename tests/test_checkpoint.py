@@ -77,13 +77,29 @@ def test_killed_run_resumes_to_identical_draws(tmp_path, phase, done):
 
 
 def test_checkpoint_is_readable_without_hbm(tmp_path):
+    """The index is JSON, the state an .npz, the draws NetCDF files xarray concatenates."""
+    import xarray as xr
+
     model, data = hbm.models.eight_schools()
-    hbm.sample(model, data, checkpoint=tmp_path / "run", **SETTINGS)
-    meta = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    fit = hbm.sample(model, data, checkpoint=tmp_path / "run", **SETTINGS)
+    run = tmp_path / "run"
+    meta = json.loads((run / "checkpoint.json").read_text())
     assert meta["phase"] == "sampling" and meta["done"] == SETTINGS["draws"]
-    chunks = [np.load(tmp_path / "run" / f["file"]) for f in meta["draws_files"]]
-    positions = np.concatenate([c["position"] for c in chunks], axis=1)
-    assert positions.shape == (2, SETTINGS["draws"], 10)
+    assert sum(chunk["draws"] for chunk in meta["draws_files"]) == SETTINGS["draws"]
+    with np.load(run / meta["data_file"]["file"]) as saved:
+        np.testing.assert_array_equal(saved["data/y"], data["y"])
+    with np.load(run / meta["state_file"]["file"]) as state:
+        assert "weights/theta" in state
+    for group in ("posterior", "sample_stats", "log_likelihood"):
+        files = [run / chunk["files"][group]["file"] for chunk in meta["draws_files"]]
+        dataset = xr.concat([xr.open_dataset(f) for f in files], dim="draw")
+        np.testing.assert_array_equal(dataset["draw"], np.arange(SETTINGS["draws"]))
+        expected = getattr(fit, group)
+        for name in expected:
+            np.testing.assert_array_equal(dataset[name].values.astype(expected[name].dtype),
+                                          expected[name])
+    theta = xr.open_dataset(run / meta["draws_files"][0]["files"]["posterior"]["file"])["theta"]
+    assert theta.dims == ("chain", "draw", "school")  # the model's dims name the axes
 
 
 def test_damaged_checkpoint_is_refused_and_previous_stays_readable(tmp_path):
@@ -144,3 +160,76 @@ def test_store_streams_draws_to_disk_and_matches_in_memory(tmp_path):
     for name in memory.sample_stats:
         np.testing.assert_array_equal(stored.sample_stats[name], memory.sample_stats[name])
     assert stored.to_arviz().log_likelihood["y"].shape == (2, SETTINGS["draws"], 8)
+
+
+def test_damaged_draws_chunk_is_refused(tmp_path):
+    model, data = hbm.models.eight_schools()
+    run = tmp_path / "run"
+    hbm.sample(model, data, checkpoint=run, **SETTINGS)
+    meta = json.loads((run / "checkpoint.json").read_text())
+    chunk = run / meta["draws_files"][1]["files"]["posterior"]["file"]
+    damaged = bytearray(chunk.read_bytes())
+    damaged[-3] ^= 0xFF  # one flipped byte inside the draws
+    chunk.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match=f"{chunk.name} is corrupted or truncated"):
+        hbm.resume(run, model, progress=False)
+
+
+def test_resume_into_store_gives_identical_draws_and_files(tmp_path):
+    """Resuming a ``store=`` run refills the memory-mapped files from the checkpoint."""
+    import warnings
+
+    model, reference = _reference()
+    model, data = hbm.models.eight_schools()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hbm.sample(model, data, checkpoint=tmp_path / "run", store=tmp_path / "draws",
+                   **SETTINGS)
+        (tmp_path / "draws" / "posterior.mu.npy").unlink()
+        resumed = hbm.resume(tmp_path / "run", model, progress=False, previous=True,
+                             checkpoint=False)
+    base = resumed.posterior["mu"]
+    while base is not None and not isinstance(base, np.memmap):
+        base = base.base
+    assert base is not None, "the Fit should read the stored draws memory-mapped"
+    on_disk = np.load(tmp_path / "draws" / "posterior.mu.npy")
+    np.testing.assert_array_equal(on_disk, reference.posterior["mu"])
+    for name in reference.posterior:
+        np.testing.assert_array_equal(resumed.posterior[name], reference.posterior[name])
+
+
+def test_failure_mid_sampling_keeps_the_draws_made(monkeypatch):
+    """A non-hbm failure mid-run (here a full disk) becomes a SamplingError that names it
+    and carries the completed chunks as a partial Fit."""
+    from hbm.draws import DrawBuffer
+
+    model, reference = _reference()
+    model, data = hbm.models.eight_schools()
+    write = DrawBuffer.write
+
+    def failing_write(self, groups, offset):
+        if offset >= 60:
+            raise OSError(28, "No space left on device")
+        write(self, groups, offset)
+
+    monkeypatch.setattr(DrawBuffer, "write", failing_write)
+    with pytest.raises(hbm.SamplingError, match=r"after 60 of 400 draws: OSError.*No space "
+                                                r"left.*\.partial_fit") as caught:
+        hbm.sample(model, data, **SETTINGS)
+    assert isinstance(caught.value.__cause__, OSError)
+    partial = caught.value.partial_fit
+    assert partial.partial and "OSError" in partial.info["partial_reason"]
+    assert partial.posterior["mu"].shape == (2, 60)
+    np.testing.assert_array_equal(partial.posterior["theta"],
+                                  reference.posterior["theta"][:, :60])
+
+
+def test_new_run_refuses_to_overwrite_a_checkpoint(tmp_path):
+    model, data = hbm.models.eight_schools()
+    run = tmp_path / "run"
+    hbm.sample(model, data, checkpoint=run, **dict(SETTINGS, warmup=20, draws=20))
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(CheckpointError, match=r"already holds a checkpoint \(phase 'sampling', "
+                                              r"20 iterations done\).*hbm.resume"):
+        hbm.sample(model, data, checkpoint=run, **SETTINGS)
+    assert sorted(p.name for p in run.iterdir()) == before

@@ -26,6 +26,22 @@ def test_fit_a_library_model(tmp_path):
     assert (tmp_path / "fit.nc").stat().st_size > 0
 
 
+def test_fit_with_checkpoint_and_store_then_resume(tmp_path):
+    settings = ("--chains", "2", "--warmup", "150", "--draws", "100")
+    out = run("fit", "eight_schools", *settings, "--checkpoint", str(tmp_path / "ckpt"),
+              "--store", str(tmp_path / "draws"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "draws" / "posterior.tau.npy").exists()
+    resumed = run("resume", str(tmp_path / "ckpt"), "eight_schools")
+    assert resumed.returncode == 0, resumed.stderr
+    # a finished run resumes to the same draws: the same summary table
+    assert resumed.stdout == out.stdout
+    again = run("fit", "eight_schools", *settings, "--checkpoint", str(tmp_path / "ckpt"))
+    assert again.returncode == 2 and "already holds a checkpoint" in again.stderr
+    wrong = run("fit", "eight_schools", "--method", "map", "--store", str(tmp_path / "x"))
+    assert wrong.returncode == 2 and "--method nuts" in wrong.stderr
+
+
 def test_fit_a_model_from_a_file(tmp_path):
     (tmp_path / "my_model.py").write_text(
         "import hbm\nfrom hbm import dist\n"

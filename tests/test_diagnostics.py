@@ -183,6 +183,167 @@ def test_rhat_and_ess_by_element_match_arviz_per_element():
         )
 
 
+# ------------------------------------------------- blockwise R-hat and bulk ESS
+BLOCK_DRAWS = 200
+
+
+def mixed_posterior():
+    """A scalar, a vector, a matrix (8 elements), a float32, a bool and a Fortran array."""
+    rng = np.random.default_rng(0)
+    shape = (CHAINS, BLOCK_DRAWS)
+    posterior = {
+        "mu": rng.normal(size=shape),
+        "theta": ar1(rng, 0.9, (CHAINS, BLOCK_DRAWS * 5)).reshape(CHAINS, BLOCK_DRAWS, 5),
+        "Sigma": rng.normal(size=(*shape, 2, 4)),
+        "f32": rng.normal(size=(*shape, 7)).astype(np.float32),
+        "flag": rng.normal(size=(*shape, 3)) > 0,
+        "fortran": np.asfortranarray(rng.normal(size=(*shape, 3, 2))),
+    }
+    posterior["Sigma"][0, :, 1, 2] += 2.0
+    return posterior
+
+
+def whole_array_arviz(posterior):
+    """The previous approach: one float64 Dataset of every parameter through ArviZ."""
+    import xarray as xr
+
+    arviz = load_arviz()
+    data = {}
+    for name, values in posterior.items():
+        array = np.asarray(values, dtype=float)
+        extra = tuple(f"{name}_dim_{i}" for i in range(array.ndim - 2))
+        data[name] = (("chain", "draw", *extra), array)
+    dataset = xr.Dataset(data)
+    with diagnostics.quiet_arviz(arviz):
+        rhat = arviz.rhat(dataset)
+        ess = arviz.ess(dataset, method="bulk")
+    return (
+        {name: np.asarray(rhat[name].values) for name in posterior},
+        {name: np.asarray(ess[name].values) for name in posterior},
+    )
+
+
+def set_block_columns(monkeypatch, columns):
+    """Budget blocks of ``columns`` float64 columns of (CHAINS, BLOCK_DRAWS) draws."""
+    budget = columns * CHAINS * BLOCK_DRAWS * 8
+    monkeypatch.setattr(diagnostics, "DIAGNOSTICS_BLOCK_BYTES", budget)
+    return budget
+
+
+def assert_same_results(actual, expected, posterior):
+    for got, want in zip(actual, expected):
+        assert set(got) == set(posterior)
+        for name in posterior:
+            assert got[name].shape == np.shape(posterior[name])[2:]
+            np.testing.assert_array_equal(got[name], want[name])
+
+
+@pytest.mark.parametrize("columns", [1, 3, 10**6])
+def test_blockwise_convergence_equals_whole_array_arviz(monkeypatch, columns):
+    posterior = mixed_posterior()
+    expected = whole_array_arviz(posterior)
+    set_block_columns(monkeypatch, columns)
+    assert_same_results(diagnostics.convergence_by_element(posterior), expected, posterior)
+    rhat, ess = expected
+    separate = (rhat_by_element(posterior), ess_bulk_by_element(posterior))
+    assert_same_results(separate, expected, posterior)
+    assert rhat["Sigma"][1, 2] > 1.01 and ess["theta"].max() < 400  # non-trivial values
+
+
+def test_blockwise_convergence_on_memory_mapped_draws(monkeypatch, tmp_path):
+    posterior = mixed_posterior()
+    expected = whole_array_arviz(posterior)
+    mapped = {}
+    for name, values in posterior.items():
+        np.save(tmp_path / f"{name}.npy", values)
+        mapped[name] = np.load(tmp_path / f"{name}.npy", mmap_mode="r")
+    assert isinstance(mapped["Sigma"], np.memmap) and not mapped["Sigma"].flags.writeable
+    released = []
+    release = diagnostics._release_pages
+    monkeypatch.setattr(
+        diagnostics, "_release_pages", lambda m: (released.append(m), release(m))
+    )
+    set_block_columns(monkeypatch, 3)
+    assert_same_results(diagnostics.convergence_by_element(mapped), expected, mapped)
+    # Fit stores np.asarray(memmap), a plain ndarray whose base is the memmap.
+    plain = {name: np.asarray(values) for name, values in mapped.items()}
+    assert not isinstance(plain["Sigma"], np.memmap)
+    assert_same_results(diagnostics.convergence_by_element(plain), expected, plain)
+    # Pages were released at least once per block (1 + 2 + 3 + 3 + 1 + 2 blocks a pass).
+    assert len(released) >= 2 * 12 and all(m is not None for m in released)
+    assert released[0] is mapped["mu"]._mmap and released[-1] is mapped["fortran"]._mmap
+
+
+def test_release_pages_skips_copy_on_write_maps_and_ignores_closed_ones(tmp_path):
+    np.save(tmp_path / "x.npy", np.arange(6.0).reshape(1, 2, 3))
+    private = np.load(tmp_path / "x.npy", mmap_mode="c")
+    assert diagnostics._mapped_file(private) is None
+    assert diagnostics._mapped_file(np.arange(3.0)) is None
+    shared = np.load(tmp_path / "x.npy", mmap_mode="r")
+    mm = diagnostics._mapped_file(shared[:, :, 1:])
+    assert mm is shared._mmap
+    diagnostics._release_pages(mm)
+    np.testing.assert_array_equal(shared, np.arange(6.0).reshape(1, 2, 3))
+    diagnostics._release_pages(None)
+
+
+@pytest.mark.parametrize("columns", [1, 3])
+def test_blockwise_convergence_memory_is_bounded(monkeypatch, columns):
+    # Element j of each parameter has first draw j: the fake statistic returns each
+    # block's first draw, so the outputs show which column landed where.
+    posterior = {
+        "mu": np.zeros((CHAINS, BLOCK_DRAWS)),
+        "theta": np.zeros((CHAINS, BLOCK_DRAWS, 5), dtype=np.float32),
+        "Sigma": np.zeros((CHAINS, BLOCK_DRAWS, 2, 4)),
+        "big": np.zeros((CHAINS, BLOCK_DRAWS, 3, 2, 2)).transpose(0, 1, 4, 3, 2),
+    }
+    for values in posterior.values():
+        values[0, 0] = np.arange(values[0, 0].size).reshape(values.shape[2:])
+    budget = set_block_columns(monkeypatch, columns)
+    blocks = []
+
+    def fake_block_convergence(arviz, block):
+        blocks.append((block.shape, block.dtype, block.nbytes))
+        return block[0, 0].copy(), -block[0, 0]
+
+    monkeypatch.setattr(diagnostics, "_block_convergence", fake_block_convergence)
+    rhat, ess = diagnostics.convergence_by_element(posterior)
+    for shape, dtype, nbytes in blocks:
+        assert shape[:2] == (CHAINS, BLOCK_DRAWS) and 1 <= shape[2] <= columns
+        assert dtype == np.float64 and nbytes <= budget
+    assert sum(shape[2] for shape, _, _ in blocks) == sum(
+        max(1, v[0, 0].size) for v in posterior.values()
+    )
+    for name, values in posterior.items():
+        np.testing.assert_array_equal(rhat[name], values[0, 0])
+        np.testing.assert_array_equal(ess[name], -values[0, 0])
+
+
+def test_diagnose_reads_the_draws_once(monkeypatch):
+    rng = np.random.default_rng(0)
+    posterior = clean_posterior(rng)
+    posterior["theta"][0, :, 1] += 2.0
+    calls = []
+    block_convergence = diagnostics._block_convergence
+
+    def counting(arviz, block):
+        calls.append(block.shape)
+        return block_convergence(arviz, block)
+
+    monkeypatch.setattr(diagnostics, "_block_convergence", counting)
+    messages = diagnose(nuts_fit(posterior, clean_stats(rng)))
+    assert listed(only(messages, "R-hat above 1.01")) == ["theta[B]"]
+    assert calls == [(CHAINS, DRAWS, 1), (CHAINS, DRAWS, 3)]
+
+
+def test_non_numeric_parameters_are_skipped():
+    rng = np.random.default_rng(0)
+    posterior = {"mu": rng.normal(size=(2, 50)), "label": np.full((2, 50), "a")}
+    rhat, ess = diagnostics.convergence_by_element(posterior)
+    assert set(rhat) == set(ess) == {"mu"}
+    assert diagnostics.convergence_by_element({"label": np.full((2, 50), "a")}) == ({}, {})
+
+
 # ----------------------------------------------------------------- diagnose
 def test_clean_nuts_fit_has_no_warnings():
     rng = np.random.default_rng(10)
