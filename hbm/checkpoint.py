@@ -14,8 +14,10 @@ A checkpoint is a directory that needs nothing but NumPy, JSON and a NetCDF read
     The sampler state after chunk ``n``: every field of the per-chain warmup state
     (positions, log densities, gradients, step sizes, inverse mass matrices, dual-averaging
     and Welford accumulators, iteration counters), the centering weights of the chosen
-    parameterization, and the probe draws of ``reparam="auto"`` while they are needed. Random keys are not state: the key of chain ``c`` at iteration ``i`` is
-    ``fold_in(chain_key[c], i)`` with chain keys derived from the seed.
+    parameterization, the probe draws of ``reparam="auto"`` while they are needed, and the
+    random keys (``keys/<name>``, one per chain and phase): the key of chain ``c`` at
+    iteration ``i`` of a phase is ``fold_in(keys[c], i)``, so keys never change from chunk
+    to chunk.
 ``posterior-<k>.nc``, ``sample_stats-<k>.nc``, ``log_likelihood-<k>.nc``
     The ``k``-th chunk of kept draws, one NetCDF-3 file per ArviZ group, with dimensions
     ``(chain, draw, ...)`` (the model's ``dims`` where it names them) and a ``draw``

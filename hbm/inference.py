@@ -366,6 +366,12 @@ def resume(path, model: Model, *, progress=True, previous: bool = False, checkpo
                    if k.startswith("weights/")}
     run.phase, run.done = meta["phase"], int(meta["done"])
     run.probe_positions = state.get("probe_positions")
+    for name, derived in run.keys.items():  # the per-chain keys the run was started with
+        stored = state.get(f"keys/{name}")
+        if stored is None or stored.shape != np.shape(derived):
+            raise ckpt.CheckpointError(f"the checkpoint at {path} lacks the random key "
+                                       f"{name!r} of the run")
+        run.keys[name] = jnp.asarray(stored, jnp.asarray(derived).dtype)
     run.stats.update(meta["warmup_stats"])
     run.times.update(meta.get("times", {}))
     offset = 0
@@ -454,6 +460,8 @@ def _save_checkpoint(run, path, new_draws=None):
         bind_meta = {k: "weights" for k in bind_reparam}
     else:
         bind_meta = bind_reparam
+    state.update({f"keys/{k}": np.asarray(jax.random.key_data(v)) if jnp.issubdtype(
+        v.dtype, jax.dtypes.prng_key) else np.asarray(v) for k, v in run.keys.items()})
     if run.probe_positions is not None:
         state["probe_positions"] = np.asarray(run.probe_positions)
     meta = dict(settings=run.settings, phase=run.phase, done=run.done,

@@ -90,6 +90,7 @@ def test_checkpoint_is_readable_without_hbm(tmp_path):
         np.testing.assert_array_equal(saved["data/y"], data["y"])
     with np.load(run / meta["state_file"]["file"]) as state:
         assert "weights/theta" in state
+        assert state["keys/sample"].shape == (SETTINGS["chains"], 2)  # one key per chain
     for group in ("posterior", "sample_stats", "log_likelihood"):
         files = [run / chunk["files"][group]["file"] for chunk in meta["draws_files"]]
         dataset = xr.concat([xr.open_dataset(f) for f in files], dim="draw")
