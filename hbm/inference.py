@@ -554,8 +554,10 @@ def _failure_keeping_draws(run, error, checkpoint):
 
     s = run.settings
     done = run.buffer.filled if run.phase == "sampling" else 0
+    names = [name for name, _ in run.phases]
+    warmup_done = sum(n for _, n in run.phases[:names.index(run.phase)]) + run.done
     where = (f"after {done} of {s['draws']} draws" if run.phase == "sampling"
-             else f"during {run.phase} (iteration {run.done})")
+             else f"during warmup (iteration {warmup_done} of {s['warmup']})")
     partial_fit = None
     if done:
         try:

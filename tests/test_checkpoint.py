@@ -234,3 +234,31 @@ def test_new_run_refuses_to_overwrite_a_checkpoint(tmp_path):
                                               r"20 iterations done\).*hbm.resume"):
         hbm.sample(model, data, checkpoint=run, **SETTINGS)
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_failure_during_warmup_names_the_phase_and_the_checkpoint(monkeypatch, tmp_path):
+    import hbm.inference as inference
+
+    build = inference._build_programs
+    calls = {"n": 0}
+
+    def failing_build(*args, **kwargs):
+        programs = build(*args, **kwargs)
+
+        def chunk(*chunk_args):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("RESOURCE_EXHAUSTED: out of device memory")
+            return programs.chunk(*chunk_args)
+
+        return programs._replace(chunk=chunk)
+
+    monkeypatch.setattr(inference, "_build_programs", failing_build)
+    model, data = hbm.models.eight_schools()
+    with pytest.raises(hbm.SamplingError, match=r"during warmup \(iteration 40 of 200\): "
+                                                r"RuntimeError: RESOURCE_EXHAUSTED.*no draws "
+                                                r"were kept.*hbm.resume") as caught:
+        hbm.sample(model, data, checkpoint=tmp_path / "run", **SETTINGS)
+    assert caught.value.partial_fit is None
+    meta = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert meta["done"] == 40  # the last good chunk is on disk, ready to resume
