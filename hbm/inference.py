@@ -685,7 +685,16 @@ def _make_fit(run, posterior, loglik, stats, partial_reason, stacklevel=6):
     if partial_reason is not None:
         fit.partial = True
         fit.info["partial_reason"] = partial_reason
-    fit.warn(stacklevel=stacklevel)
+    try:
+        fit.warn(stacklevel=stacklevel)
+    except KeyboardInterrupt:  # the draws are done: a slow check must not lose them
+        import warnings
+
+        from hbm.diagnostics import HbmWarning
+
+        warnings.warn("the end-of-run convergence checks were interrupted; the draws are "
+                      "complete. Run fit.diagnostics() to check them.", HbmWarning,
+                      stacklevel=stacklevel)
     return fit
 
 

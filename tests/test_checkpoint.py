@@ -262,3 +262,16 @@ def test_failure_during_warmup_names_the_phase_and_the_checkpoint(monkeypatch, t
     assert caught.value.partial_fit is None
     meta = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     assert meta["done"] == 40  # the last good chunk is on disk, ready to resume
+
+
+def test_keyboard_interrupt_during_final_checks_keeps_the_fit(monkeypatch):
+    import hbm.results as results
+
+    def interrupted(fit):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results, "diagnose", interrupted)
+    model, data = hbm.models.eight_schools()
+    with pytest.warns(hbm.HbmWarning, match="convergence checks were interrupted"):
+        fit = hbm.sample(model, data, **dict(SETTINGS, warmup=50, draws=50))
+    assert fit.posterior["mu"].shape == (2, 50) and not fit.partial
