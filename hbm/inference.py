@@ -460,8 +460,7 @@ def _save_checkpoint(run, path, new_draws=None):
         bind_meta = {k: "weights" for k in bind_reparam}
     else:
         bind_meta = bind_reparam
-    state.update({f"keys/{k}": np.asarray(jax.random.key_data(v)) if jnp.issubdtype(
-        v.dtype, jax.dtypes.prng_key) else np.asarray(v) for k, v in run.keys.items()})
+    state.update({f"keys/{k}": np.asarray(v) for k, v in run.keys.items()})
     if run.probe_positions is not None:
         state["probe_positions"] = np.asarray(run.probe_positions)
     meta = dict(settings=run.settings, phase=run.phase, done=run.done,
@@ -635,15 +634,13 @@ def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
 
 
 def _build_fit(run, partial_reason):
-    """The Fit of the draws in ``run.buffer`` (views; memory-mapped with ``store=``)."""
-    groups = run.buffer.read()
-    return _make_fit(run, groups["posterior"], groups["log_likelihood"],
-                     groups["sample_stats"], partial_reason)
-
-
-def _make_fit(run, posterior, loglik, stats, partial_reason, stacklevel=6):
+    """The Fit of the draws in ``run.buffer`` (views; memory-mapped with ``store=``), with
+    its diagnostics emitted as warnings that point at the caller of ``sample``/``resume``."""
     from hbm.results import Fit
 
+    groups = run.buffer.read()
+    posterior, loglik, stats = (groups["posterior"], groups["log_likelihood"],
+                                groups["sample_stats"])
     s = run.settings
     thin = s["thin"]
     sample_stats = dict(
@@ -685,8 +682,8 @@ def _make_fit(run, posterior, loglik, stats, partial_reason, stacklevel=6):
     if partial_reason is not None:
         fit.partial = True
         fit.info["partial_reason"] = partial_reason
-    try:
-        fit.warn(stacklevel=stacklevel)
+    try:  # frames above Fit.warn: this one, _execute, sample or resume, then the user's
+        fit.warn(stacklevel=5)
     except KeyboardInterrupt:  # the draws are done: a slow check must not lose them
         import warnings
 
@@ -694,7 +691,7 @@ def _make_fit(run, posterior, loglik, stats, partial_reason, stacklevel=6):
 
         warnings.warn("the end-of-run convergence checks were interrupted; the draws are "
                       "complete. Run fit.diagnostics() to check them.", HbmWarning,
-                      stacklevel=stacklevel)
+                      stacklevel=4)
     return fit
 
 

@@ -48,6 +48,9 @@ class Distribution:
     arg_constraints: dict = {}
     support: constraints.Constraint = constraints.real
     param_event_ndims: dict = {}
+    #: Constructor arguments that are not arrays (e.g. a dimension): kept as they are
+    #: by :meth:`expand`.
+    static_params: tuple = ()
 
     def __init__(self, batch_shape=(), event_shape=()):
         self._batch_shape = tuple(batch_shape)
@@ -93,8 +96,8 @@ class Distribution:
             ) from e
         kwargs = {}
         for name, value in self.params().items():
-            if value is None:
-                kwargs[name] = None
+            if value is None or name in self.static_params:
+                kwargs[name] = value
                 continue
             nd = self.param_event_ndims.get(name, 0)
             value = jnp.asarray(value)

@@ -116,6 +116,7 @@ class LKJCholesky(Distribution):
 
     arg_constraints = {"concentration": constraints.positive}
     support = constraints.corr_cholesky
+    static_params = ("dimension",)
 
     def __init__(self, dimension, concentration=1.0):
         if isinstance(dimension, bool) or not isinstance(dimension, (int, np.integer)):
@@ -131,17 +132,6 @@ class LKJCholesky(Distribution):
 
     def params(self):
         return {"dimension": self.dimension, "concentration": self.concentration}
-
-    def expand(self, batch_shape):
-        batch_shape = tuple(int(s) for s in np.atleast_1d(batch_shape)) if not isinstance(
-            batch_shape, tuple) else tuple(int(s) for s in batch_shape)
-        try:
-            jnp.broadcast_shapes(self.batch_shape, batch_shape)
-        except ValueError as e:
-            raise ModelError(
-                f"cannot expand LKJCholesky with batch shape {self.batch_shape} to {batch_shape}"
-            ) from e
-        return LKJCholesky(self.dimension, jnp.broadcast_to(self.concentration, batch_shape))
 
     def _row_index(self):
         """1-based row indices ``i = 2..K`` as floats."""

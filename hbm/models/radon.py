@@ -54,6 +54,19 @@ def _radon_data(df, extra=()):
     return df, data, coords
 
 
+def _varying_intercept_prior(design, y, n_county):
+    """Autoscaled population coefficients, county intercept offsets and residual sd."""
+    sd_y = scale(y)
+    return {
+        "beta": population_prior(design, float(np.mean(y)), sd_y),
+        "sigma_county": dist.HalfNormal(sd_y),
+        "county_effect": lambda p, d: dist.Normal(0.0, p["sigma_county"]).expand(
+            (n_county,)
+        ),
+        "sigma": dist.HalfNormal(sd_y),
+    }
+
+
 def _gaussian(p, mean):
     return dist.Normal(mean, p["sigma"])
 
@@ -132,16 +145,8 @@ def radon_varying_intercept(df=None):
     y, floor = data["y"], data["floor"]
     n_county = len(coords["county"])
     design = np.column_stack([np.ones_like(floor), floor])
-    sd_y = scale(y)
     model = build(
-        prior={
-            "beta": population_prior(design, float(np.mean(y)), sd_y),
-            "sigma_county": dist.HalfNormal(sd_y),
-            "county_effect": lambda p, d: dist.Normal(0.0, p["sigma_county"]).expand(
-                (n_county,)
-            ),
-            "sigma": dist.HalfNormal(sd_y),
-        },
+        prior=_varying_intercept_prior(design, y, n_county),
         likelihood=lambda p, d: {
             "y": _gaussian(
                 p,
@@ -267,16 +272,8 @@ def radon_uranium(df=None):
     data["log_uranium"] = per_county
     y, floor = data["y"], data["floor"]
     design = np.column_stack([np.ones_like(floor), floor, uranium])
-    sd_y = scale(y)
     model = build(
-        prior={
-            "beta": population_prior(design, float(np.mean(y)), sd_y),
-            "sigma_county": dist.HalfNormal(sd_y),
-            "county_effect": lambda p, d: dist.Normal(0.0, p["sigma_county"]).expand(
-                (n_county,)
-            ),
-            "sigma": dist.HalfNormal(sd_y),
-        },
+        prior=_varying_intercept_prior(design, y, n_county),
         likelihood=lambda p, d: {
             "y": _gaussian(
                 p,
