@@ -3,7 +3,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install bench clean
+# Second leg: Python 3.12+ (pip brings ArviZ 1.x there) with the lowest supported JAX.
+PYTHON312 ?= $(shell sh scripts/find-python312.sh)
+VENV312 := .venv312
+BIN312 := $(VENV312)/bin
+STAMP312 := $(VENV312)/.installed
+FLOOR := scripts/lowest-supported.txt
+# the tests that touch ArviZ: results, diagnostics, ADVI, predictions, drivers, CLI and demo
+ARVIZ_TESTS := tests/test_results.py tests/test_diagnostics.py tests/samplers/test_advi.py \
+	tests/test_predict.py tests/test_predict_arviz.py tests/test_drivers.py tests/test_cli.py \
+	tests/test_compare.py tests/test_checkpoint.py
+
+.PHONY: test test311 test312 demo install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +26,28 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: test311 test312
+
+test311: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
+
+$(STAMP312): pyproject.toml $(FLOOR)
+	$(PYTHON312) -m venv $(VENV312)
+	$(BIN312)/python -m pip install --quiet --upgrade pip
+	$(BIN312)/python -m pip install --quiet -e ".[test]" -c $(FLOOR)
+	touch $(STAMP312)
+
+test312:
+ifeq ($(strip $(PYTHON312)),)
+	@echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+	@echo "!! SKIPPED the Python 3.12 / ArviZ 1.x leg: no Python >= 3.12 interpreter found  !!"
+	@echo "!! (looked on PATH and in pyenv's versions; set PYTHON312=/path/to/python3.12)   !!"
+	@echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+else
+	@$(MAKE) --no-print-directory $(STAMP312)
+	@$(BIN312)/python -c "import sys, jax, arviz; print(f'Python {sys.version.split()[0]}, jax {jax.__version__}, arviz {arviz.__version__}')"
+	$(BIN312)/python -m pytest -n 2 --dist loadfile -q $(ARVIZ_TESTS)
+endif
 
 demo: $(STAMP)
 	$(BIN)/hbm demo
@@ -26,4 +57,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ess_per_second --out bench-out
 
 clean:
-	rm -rf $(VENV) hbm-demo .pytest_cache
+	rm -rf $(VENV) $(VENV312) hbm-demo .pytest_cache

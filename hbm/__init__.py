@@ -20,7 +20,8 @@ _EXPORTS = {
     "advi": "hbm.inference",
     "find_map": "hbm.inference",
     "fit": "hbm.inference",
-    "prior_predictive": "hbm.predict",
+    "predict": "hbm.prediction",
+    "prior_predictive": "hbm.prediction",
     "map_vs_mean": "hbm.compare",
     # results
     "Fit": "hbm.results",

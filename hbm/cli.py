@@ -42,43 +42,55 @@ def _load_model(spec: str, data_csv: str | None):
     return fn(df) if df is not None else fn()
 
 
+def _save_current_figure(plot, path: pathlib.Path) -> pathlib.Path:
+    """Save what an ArviZ plot drew: ArviZ 1.x returns a PlotCollection that saves itself,
+    ArviZ 0.x draws on the current matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    if hasattr(plot, "savefig"):
+        plot.savefig(path, dpi=90, bbox_inches="tight")
+    else:
+        plt.gcf().savefig(path, dpi=90, bbox_inches="tight")
+    plt.close("all")
+    return path
+
+
 def _write_figures(fit, out: pathlib.Path, prefix: str) -> list[pathlib.Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import arviz as az
-    import matplotlib.pyplot as plt
+
+    from hbm.diagnostics import arviz_major_version
 
     written = []
     idata = fit.to_arviz()
+    backend = {"backend": "matplotlib"} if arviz_major_version(az) >= 1 else {}
     scalar_vars = [k for k, v in fit.posterior.items() if v.ndim == 2][:6]
     if scalar_vars:
-        az.plot_rank(idata, var_names=scalar_vars)
-        path = out / f"{prefix}_rank.png"
-        plt.gcf().savefig(path, dpi=90, bbox_inches="tight")
-        plt.close("all")
-        written.append(path)
+        plot = az.plot_rank(idata, var_names=scalar_vars, **backend)
+        written.append(_save_current_figure(plot, out / f"{prefix}_rank.png"))
     vector_vars = [k for k, v in fit.posterior.items() if v.ndim >= 2][:4]
-    az.plot_forest(idata, var_names=vector_vars, combined=True)
-    path = out / f"{prefix}_forest.png"
-    plt.gcf().savefig(path, dpi=90, bbox_inches="tight")
-    plt.close("all")
-    written.append(path)
+    plot = az.plot_forest(idata, var_names=vector_vars, combined=True, **backend)
+    written.append(_save_current_figure(plot, out / f"{prefix}_forest.png"))
     return written
 
 
 def _ppc_figure(fit, path: pathlib.Path) -> pathlib.Path:
+    """Posterior predictive check: observed data against replicated data sets."""
     import matplotlib
 
     matplotlib.use("Agg")
     import arviz as az
-    import matplotlib.pyplot as plt
 
-    fit.predict()
-    az.plot_ppc(fit.to_arviz(), num_pp_samples=100)
-    plt.gcf().savefig(path, dpi=90, bbox_inches="tight")
-    plt.close("all")
-    return path
+    from hbm.diagnostics import arviz_major_version
+
+    idata = fit.to_arviz(posterior_predictive=True)
+    if arviz_major_version(az) >= 1:
+        plot = az.plot_ppc_dist(idata, num_samples=100, backend="matplotlib")
+    else:
+        plot = az.plot_ppc(idata, num_pp_samples=100)
+    return _save_current_figure(plot, path)
 
 
 def _demo(args) -> int:

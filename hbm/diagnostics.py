@@ -253,9 +253,11 @@ def pareto_khat(log_ratios: Any) -> float:
     Returns
     -------
     float
-        k-hat. ``inf`` if any ratio is NaN or ``+inf`` (or too few draws for a tail fit);
-        ``-inf`` if all finite ratios are equal (the proposal equals the target up to a
-        constant, so the weights are bounded).
+        k-hat. ``inf`` if any ratio is NaN or ``+inf``, or too few draws for a tail fit
+        (fewer than 5 in the tail), or the fit fails; ``-inf`` if the ratios in the tail
+        that PSIS fits (the largest ``min(0.2 S, 3 sqrt(S))`` of ``S``) are equal to within
+        ``sqrt(eps)``: the weights are then bounded (the proposal equals the target up to
+        a constant there), and no Pareto shape can be fitted to ties.
     """
     ratios = np.asarray(log_ratios, dtype=float).ravel()
     if ratios.size == 0 or np.any(np.isnan(ratios)) or np.any(ratios == np.inf):
@@ -263,19 +265,27 @@ def pareto_khat(log_ratios: Any) -> float:
     finite = ratios[np.isfinite(ratios)]
     if finite.size == 0:
         return float("inf")
-    if np.all(finite == finite[0]) and finite.size == ratios.size:
+    tail_size = int(np.ceil(min(0.2 * ratios.size, 3.0 * np.sqrt(ratios.size))))
+    if tail_size < 5 or finite.size < tail_size:
+        return float("inf")
+    tail = np.partition(finite, finite.size - tail_size)[-tail_size:]
+    if np.ptp(tail) <= np.sqrt(np.finfo(np.float64).eps):
         return float("-inf")
     arviz = load_arviz()
     with quiet_arviz(arviz):
-        if arviz_major_version(arviz) >= 1:
-            # arviz-stats smooths the right tail of the negated input (it expects a
-            # log-likelihood), so negate the ratios to fit their right tail.
-            from arviz_stats.base import array_stats
+        try:
+            if arviz_major_version(arviz) >= 1:
+                # arviz-stats smooths the right tail of the negated input (it expects a
+                # log-likelihood), so negate the ratios to fit their right tail.
+                from arviz_stats.base import array_stats
 
-            _, khat = array_stats.psislw(-ratios, r_eff=1.0, axis=-1)
-        else:
-            _, khat = arviz.psislw(ratios, reff=1.0)
-    return float(np.asarray(khat))
+                _, khat = array_stats.psislw(-ratios, r_eff=1.0, axis=-1)
+            else:
+                _, khat = arviz.psislw(ratios, reff=1.0)
+        except (ValueError, IndexError, FloatingPointError):
+            return float("inf")
+    khat = float(np.asarray(khat))
+    return float("inf") if np.isnan(khat) else khat
 
 
 def element_labels(

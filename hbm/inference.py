@@ -230,11 +230,14 @@ def _initial_positions(bound: BoundModel, key, num_chains, init):
             if value.shape != tuple(shape):
                 raise ModelError(f"init['{name}'] has shape {value.shape}, expected {shape} "
                                  f"or {(num_chains,) + tuple(shape)}")
-            node = next(n for n in bound.nodes if n.name == name)
-            if not bool(jnp.all(node.support.check(value))):
-                raise ModelError(f"init['{name}'] lies outside the support ({node.support}) of "
-                                 f"parameter '{name}'")
             params[name] = value
+        # supports may depend on other parameters: check them at the merged values
+        supports = bound.supports(params)
+        for name in init:
+            support = supports.get(name)
+            if support is not None and not bool(jnp.all(support.check(params[name]))):
+                raise ModelError(f"init['{name}'] lies outside the support ({support}) of "
+                                 f"parameter '{name}'")
         x = bound.unconstrain(params)
         lp, g = jax.value_and_grad(bound.logdensity)(x)
         if not (bool(jnp.isfinite(lp)) and bool(jnp.all(jnp.isfinite(g)))):
@@ -359,7 +362,16 @@ def resume(path, model: Model, *, progress=True, previous: bool = False, checkpo
         reparam = "auto"  # rebuilds the same phases; the chosen weights come from the state
     elif isinstance(reparam, dict):
         reparam = {k: np.asarray(state[f"bind_weights/{k}"]) for k in reparam}
+    x64 = bool(jax.config.jax_enable_x64)
+    if "float64" in meta and bool(meta["float64"]) != x64:
+        raise ckpt.CheckpointError(
+            f"the checkpoint at {path} was written with float64 "
+            f"{'enabled' if meta['float64'] else 'disabled'} but jax_enable_x64 is now {x64}; "
+            "set jax.config.update('jax_enable_x64', "
+            f"{bool(meta['float64'])}) before resuming")
     run = _prepare_run(model, data, settings, reparam)
+    if "structure" in meta:
+        _check_same_structure(meta["structure"], model_structure(run.bound), path)
     leaves = [jnp.asarray(state[f"state/{i}"]) for i in range(meta["num_state_leaves"])]
     run.ws = jax.tree_util.tree_unflatten(run.state_treedef(), leaves)
     run.weights = {k[len("weights/"):]: jnp.asarray(v) for k, v in state.items()
@@ -380,6 +392,34 @@ def resume(path, model: Model, *, progress=True, previous: bool = False, checkpo
         offset += next(iter(groups["sample_stats"].values())).shape[1]
     return _execute(run, progress=progress, checkpoint=path if checkpoint else None,
                     after_warmup=None)
+
+
+def model_structure(bound: BoundModel) -> dict:
+    """What a checkpoint's state depends on: each parameter's name, shape and number of
+    unconstrained coordinates, in order, and the observed data keys (JSON-ready)."""
+    return {"parameters": [[n.name, list(n.shape), int(n.size)] for n in bound.nodes],
+            "observed": sorted(_observed_keys(bound))}
+
+
+def _check_same_structure(saved: dict, current: dict, path):
+    from hbm.checkpoint import CheckpointError
+
+    if saved == current:
+        return
+    old = {p[0]: p[1:] for p in saved.get("parameters", [])}
+    new = {p[0]: p[1:] for p in current["parameters"]}
+    differences = [f"parameter '{k}' is missing from the model" for k in old if k not in new]
+    differences += [f"parameter '{k}' is not in the checkpoint" for k in new if k not in old]
+    differences += [f"parameter '{k}' has shape {tuple(new[k][0])} (checkpoint: "
+                    f"{tuple(old[k][0])})" for k in new if k in old and new[k] != old[k]]
+    if not differences and list(old) != list(new):
+        differences.append(f"the parameters are in another order ({list(new)}; checkpoint: "
+                           f"{list(old)})")
+    if saved.get("observed") != current["observed"]:
+        differences.append(f"the observed data keys are {current['observed']} (checkpoint: "
+                           f"{saved.get('observed')})")
+    raise CheckpointError(f"the model passed to resume does not match the checkpoint at {path}: "
+                          + "; ".join(differences))
 
 
 class _Run:
@@ -465,7 +505,8 @@ def _save_checkpoint(run, path, new_draws=None):
         state["probe_positions"] = np.asarray(run.probe_positions)
     meta = dict(settings=run.settings, phase=run.phase, done=run.done,
                 num_state_leaves=len(leaves), bind_reparam=bind_meta,
-                warmup_stats=run.stats, times=run.times, model=run.model.name)
+                warmup_stats=run.stats, times=run.times, model=run.model.name,
+                structure=model_structure(run.bound), float64=bool(jax.config.jax_enable_x64))
     first = not (pathlib.Path(path) / ckpt.INDEX).exists()
     data = {k: np.asarray(v) for k, v in run.bound.data.items()} if first else None
     ckpt.save(path, meta, state, new_draws, dims=run.model.dims, data=data)
@@ -741,6 +782,19 @@ def _names_of_indices(bound: BoundModel, indices) -> list[str]:
     return names
 
 
+def _constrained_values_of_indices(bound: BoundModel, params: dict, indices) -> list:
+    """The constrained value behind each flat unconstrained index, where the node's
+    transform keeps its shape (elementwise maps); ``None`` otherwise."""
+    values = []
+    for i in indices:
+        value = None
+        for n in bound.nodes:
+            if n.offset <= i < n.offset + n.size and n.shape == n.unconstrained_shape:
+                value = float(np.ravel(params[n.name])[i - n.offset])
+        values.append(value)
+    return values
+
+
 def _observed(bound):
     return {k: np.asarray(bound.data[k]) for k in _observed_keys(bound)}
 
@@ -759,7 +813,7 @@ def advi(model: Model, data=None, *, method: str = "meanfield", max_steps: int =
     unreliable, and a warning says so)."""
     import warnings
 
-    from hbm.diagnostics import HbmWarning
+    from hbm.diagnostics import HbmWarning, pareto_khat
     from hbm.results import Fit
     from hbm.samplers import advi as advi_lib
 
@@ -792,7 +846,7 @@ def advi(model: Model, data=None, *, method: str = "meanfield", max_steps: int =
     elapsed = time.perf_counter() - t0
     xs, log_q = advi_lib.advi_draws(draw_key, result, draws)
     log_p = jax.jit(jax.vmap(bound.logdensity))(xs)
-    khat = advi_lib.psis_khat(np.asarray(log_p - log_q))
+    khat = pareto_khat(np.asarray(log_p - log_q))
     posterior, loglik = _constrain_draws(bound, xs)
     info = dict(
         advi_method=method, num_steps=int(result.num_steps), converged=bool(result.converged),
@@ -867,7 +921,8 @@ def find_map(model: Model, data=None, *, jacobian: bool = False, optimizer=None,
     t0 = time.perf_counter()
     result = optimize.find_mode(logdensity_fn, inits, optimizer=optimizer, max_iters=max_iters,
                                 tol=tol)
-    report = optimize.boundary_report(result, logdensity_fn)
+    report = optimize.boundary_report(result, logdensity_fn,
+                                      finite_limits=bound.finite_limits())
     elapsed = time.perf_counter() - t0
     mode_params = {k: np.asarray(v) for k, v in bound.constrain(result.position).items()}
     restart_params = [bound.constrain(x) for x in result.all_positions]
@@ -875,6 +930,7 @@ def find_map(model: Model, data=None, *, jacobian: bool = False, optimizer=None,
                                       axis=0)))
               for k in mode_params}
     boundary = _names_of_indices(bound, report.indices)
+    at_values = _constrained_values_of_indices(bound, mode_params, report.indices)
     info = dict(
         jacobian=bool(jacobian), logdensity=float(result.logdensity),
         converged=bool(result.converged), num_iterations=np.asarray(result.num_iterations),
@@ -887,8 +943,10 @@ def find_map(model: Model, data=None, *, jacobian: bool = False, optimizer=None,
         seed=seed,
     )
     if boundary:
-        warnings.warn(f"the mode lies on the boundary of the parameter space for "
-                      f"{', '.join(boundary)}: {report.reason}. The reported mode is only "
+        where = ", ".join(f"{name} = {value:.3g}" if value is not None else name
+                          for name, value in zip(boundary, at_values))
+        warnings.warn(f"the mode lies on the boundary of the parameter space at "
+                      f"{where}: {report.reason}. The reported mode is only "
                       "where the optimizer stopped; a group scale whose MAP collapses to 0 "
                       "is common in hierarchical models - use the posterior (hbm.sample).",
                       HbmWarning, stacklevel=2)
@@ -945,11 +1003,21 @@ def fit(model: Model, data=None, method: str = "auto", *, time_budget: float | N
     if method in ("map", "laplace"):
         return find_map(model, data, seed=seed, laplace=method == "laplace", **kwargs)
 
+    if time_budget is not None and not (isinstance(time_budget, (int, float))
+                                        and time_budget > 0):
+        raise ConfigurationError(f"time_budget must be a number of seconds > 0, got "
+                                 f"{time_budget!r}")
     draws = kwargs.get("draws", 1000) * kwargs.get("thin", 1)
     start = time.perf_counter()
 
     def check(diag: NUTSDiagnostics):
-        budget = None if time_budget is None else time_budget - (time.perf_counter() - start)
+        budget = None
+        if time_budget is not None:
+            elapsed = time.perf_counter() - start
+            budget = time_budget - elapsed
+            if not budget > 0:  # warmup alone spent it: no sampling time is left
+                raise _FallBack(f"NUTS warmup took {elapsed:.3g} s, the whole time budget "
+                                f"of {time_budget:.3g} s")
         reason = fallback_reason(diag, num_draws=draws, time_budget=budget)
         if reason is not None:
             raise _FallBack(reason)

@@ -202,7 +202,12 @@ def _call_user(fn, params, data, where):
     except HbmError:
         raise
     except Exception as e:  # noqa: BLE001 - re-raised with the culprit named
-        raise ModelError(f"{where} failed on valid parameter values: "
+        if isinstance(data, dict):
+            _raise_float_index(fn, params, data, where, e)
+            hint = _shape_hint(fn, params, data, where)
+        else:
+            hint = ""
+        raise ModelError(f"{where} failed on valid parameter values: {hint}"
                          f"{type(e).__name__}: {e}") from e
 
 
@@ -338,9 +343,162 @@ def _check_index_data(p, data: dict, likelihood):
                             "wrap around)")
 
 
+# ------------------------------------------------------- data keys behind a failure
+def _index_keys(jaxpr, arg_keys) -> set:
+    """The data keys on which an index operand of an indexing operation in ``jaxpr``
+    depends, following data dependence forward from the inputs (``arg_keys``: the set of
+    keys each input depends on) and into call-like primitives."""
+    from jax.extend.core import Literal
+
+    keys = dict(zip(jaxpr.invars, arg_keys))
+    found: set = set()
+    for eqn in jaxpr.eqns:
+        in_keys = [frozenset() if isinstance(v, Literal) else keys.get(v, frozenset())
+                   for v in eqn.invars]
+        sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+        if eqn.primitive.name in _CALLS and sub is not None:
+            found |= _index_keys(getattr(sub, "jaxpr", sub), in_keys)
+        elif eqn.primitive.name in _INDEXING:
+            found |= frozenset().union(*in_keys[1:])
+        depends = frozenset().union(*in_keys)
+        for v in eqn.outvars:
+            keys[v] = depends
+    return found
+
+
+def _array_leaves(out) -> list:
+    """The array parameters of a distribution or of a dict of them (what a traced model
+    function computes)."""
+    dists = list(out.values()) if isinstance(out, dict) else [out]
+    return [jnp.asarray(v) for d in dists if isinstance(d, Distribution)
+            for v in d.params().values() if v is not None]
+
+
+def _raise_float_index(fn, params, data: dict, where: str, error: Exception):
+    """Raise a DataError if a floating-point data key is used to index (``p["a"][d["g"]]``
+    with float codes), the usual cause of JAX's "Indexer must have integer type".
+
+    Each float key in turn is traced as integers, with the other float keys cast to
+    integers as concrete values, and the data dependence of the jaxpr shows whether it
+    feeds an index."""
+    floats = sorted(k for k, v in data.items() if isinstance(v, jax.Array)
+                    and _is_concrete(v) and jnp.issubdtype(v.dtype, jnp.floating))
+    if not floats:
+        return
+    as_int = {k: data[k].astype(jnp.int32) for k in floats}
+    reader = getattr(data, "reader", "")
+    for key in floats:
+        def traced(codes, key=key):
+            return _array_leaves(fn(params, _Data({**data, **as_int, key: codes},
+                                                  reader=reader)))
+        try:
+            closed = jax.make_jaxpr(traced)(as_int[key])
+            feeds_index = key in _index_keys(closed.jaxpr, [frozenset([key])])
+        except Exception:  # noqa: BLE001 - best effort: keep the original error
+            continue
+        if not feeds_index:
+            continue
+        arr = np.asarray(data[key])
+        whole = arr == np.floor(arr)
+        if np.all(whole):
+            advice = (f"its values are whole numbers: convert them with "
+                      f"data['{key}'].astype(int)")
+        else:
+            first = tuple(int(i) for i in np.argwhere(~whole)[0])
+            advice = f"it holds the non-integer value {arr[first]} at index {first}"
+        raise DataError(f"data key '{key}' indexes a parameter in {where} but has dtype "
+                        f"{arr.dtype}; it must hold integer group codes (0, 1, ...); "
+                        f"{advice}") from error
+
+
+class _ReadLog(_Data):
+    """A data view that records which keys are read."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read: list = []
+
+    def __getitem__(self, key):
+        self.read.append(key)
+        return super().__getitem__(key)
+
+
+def _filler(shape, dtype):
+    """A valid stand-in array: ones (a valid scale), or zeros for integer codes."""
+    if jnp.issubdtype(dtype, jnp.floating):
+        return jnp.ones(shape, dtype)
+    return jnp.zeros(shape, dtype)
+
+
+def _join(names) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _shape_hint(fn, params, data: dict, where: str) -> str:
+    """Which data keys have a shape that makes ``fn`` fail, as the start of an error
+    message ("" when none is found).
+
+    For the shape of each data key ``fn`` reads before it fails, every data key of that
+    shape is replaced by a stand-in of the shape (same number of axes) of another data
+    key or parameter; when ``fn`` then runs, the replaced keys it reads are the culprits
+    and that shape is the expected one."""
+    reader = getattr(data, "reader", "")
+    log = _ReadLog(data, reader=reader)
+    try:
+        fn(params, log)
+    except Exception:  # noqa: BLE001 - the failure being explained
+        pass
+    arrays = {k: v for k, v in data.items() if isinstance(v, jax.Array) and jnp.ndim(v)}
+    shapes = dict.fromkeys(tuple(arrays[k].shape) for k in log.read if k in arrays)
+    owners: dict = {}
+    for key, v in arrays.items():
+        owners.setdefault(tuple(v.shape), []).append(f"data key '{key}'")
+    for name, v in dict(params).items():
+        owners.setdefault(tuple(jnp.shape(v)), []).append(f"parameter '{name}'")
+    found = []
+    for shape in shapes:
+        group = [k for k, v in arrays.items() if tuple(v.shape) == shape]
+        for expected, names in owners.items():
+            if len(expected) != len(shape) or expected == shape:
+                continue
+            trial = _ReadLog({**data, **{k: _filler(expected, arrays[k].dtype)
+                                         for k in group}}, reader=reader)
+            try:
+                fn(params, trial)
+            except Exception:  # noqa: BLE001 - this shape does not help
+                continue
+            culprits = [k for k in dict.fromkeys(trial.read) if k in group]
+            keys = ", ".join(f"'{k}'" for k in culprits)
+            found.append(f"data key{'s' if len(culprits) > 1 else ''} {keys} "
+                         f"{'have' if len(culprits) > 1 else 'has'} shape {shape}, but "
+                         f"{where} works with shape {expected} there (the shape of "
+                         f"{_join(names)})")
+    if not found:
+        return ""
+    return ("; or ".join(found) + "; check that these arrays have one entry per "
+            "observation or group. The error was ")
+
+
+def _shape_owners(shape: tuple, data: dict, params: dict, skip=()) -> list:
+    """Data keys and parameters of exactly ``shape`` (for error messages)."""
+    names = [f"data key '{k}'" for k, v in data.items()
+             if k not in skip and isinstance(v, jax.Array) and tuple(v.shape) == shape]
+    return names + [f"parameter '{k}'" for k, v in dict(params).items()
+                    if tuple(jnp.shape(v)) == shape]
+
+
 # ----------------------------------------------------------------------- structure
 class Node(NamedTuple):
-    """One prior node after binding: its shapes, support and parameterization."""
+    """One prior node after binding: its shapes, support and parameterization.
+
+    ``support`` and ``transform`` are those at the placeholder values used while binding
+    and fix only the node's kind of constraint and its unconstrained shape. A support may
+    depend on earlier parameters or on the data (``Uniform(0, p["upper"])``); its bounds
+    at given values come from :meth:`BoundModel.supports` and
+    :meth:`BoundModel.transforms`.
+    """
 
     name: str
     shape: tuple  # constrained shape (batch + event)
@@ -528,6 +686,7 @@ class BoundModel:
         self.nodes: list[Node] = []
         self.weights: dict = {}
         self.size = 0
+        self._links: dict = {}  # link of each location-scale node
         self._build(reparam)
 
     # ---------------------------------------------------------------- structure
@@ -620,6 +779,7 @@ class BoundModel:
             self.size = offset
             # a valid value for the nodes below: the centre of the unconstrained space
             if locscale:
+                self._links[name] = std.link
                 value = std.loc + std.scale * jnp.zeros(shape)
                 p[name] = jnp.exp(value) if std.link == "exp" else jnp.broadcast_to(value, shape)
             else:
@@ -658,9 +818,13 @@ class BoundModel:
             except ValueError:
                 shape = None
             if shape != tuple(obs.shape):
+                owners = _shape_owners(tuple(d.shape), data, p, skip=(key,)) \
+                    if d.shape else []
                 raise DataError(
                     f"the likelihood of '{key}' has shape {d.shape}, which does not broadcast "
                     f"to the data's shape {tuple(obs.shape)}"
+                    + (f"; {_join(owners)} {'have' if len(owners) > 1 else 'has'} "
+                       f"shape {d.shape}" if owners else "")
                 )
             if not d.is_discrete and not jnp.issubdtype(obs.dtype, jnp.floating):
                 obs = obs.astype(jnp.result_type(float))
@@ -715,6 +879,30 @@ class BoundModel:
         return {n.name: (self.weights[n.name] if n.mode == "partial" else n.mode)
                 for n in self.nodes if n.locscale}
 
+    def finite_limits(self) -> tuple[np.ndarray, np.ndarray]:
+        """Flat boolean masks: whether each unconstrained coordinate, sent to ``-inf``
+        (first) or ``+inf`` (second), drives its parameter to a finite edge of its support.
+
+        Identity-like coordinates (real parameters, standardized non-centered or partially
+        centered effects) never do; a log scale does at ``-inf``; a logit both ways. See
+        :meth:`hbm.transforms.Transform.finite_limits`."""
+        below, above = np.zeros(self.size, bool), np.zeros(self.size, bool)
+        for n in self.nodes:
+            span = slice(n.offset, n.offset + n.size)
+            if n.locscale:
+                # a centered node with an exp link (LogNormal) is a log scale; any other
+                # location-scale coordinate is an unbounded location or a standardized z
+                below[span] = n.mode == "centered" and self._link(n) == "exp"
+            else:
+                lo, hi = n.transform.finite_limits(n.unconstrained_shape)
+                below[span], above[span] = np.ravel(lo), np.ravel(hi)
+        return below, above
+
+    def _link(self, node) -> str:
+        """The link of a location-scale node's standardized form (``"identity"`` or
+        ``"exp"``), read off the distribution at placeholder parameter values."""
+        return self._links[node.name]
+
     def unravel(self, x) -> dict:
         """Flat unconstrained vector -> dict of unconstrained arrays."""
         return {n.name: jnp.reshape(x[n.offset:n.offset + n.size], n.unconstrained_shape)
@@ -757,11 +945,12 @@ class BoundModel:
                         jnp.broadcast_to(jnp.log(std.scale), n.shape))
                     if std.link == "exp" and not jacobian:
                         lp_n = lp_n - jnp.sum(un)
-                else:
-                    value = n.transform.forward(un)
+                else:  # the bijection onto the support at the current values
+                    transform = biject_to(d.support)
+                    value = transform.forward(un)
                     lp_n = jnp.sum(d.log_prob(value))
                     if jacobian:
-                        lp_n = lp_n + jnp.sum(n.transform.log_abs_det_jacobian(un))
+                        lp_n = lp_n + jnp.sum(transform.log_abs_det_jacobian(un))
             else:
                 std = d.standardized()
                 if n.mode == "noncentered":
@@ -828,7 +1017,9 @@ class BoundModel:
             if value.shape != n.shape:
                 raise ModelError(f"parameter '{n.name}' has shape {value.shape}, expected "
                                  f"{n.shape}")
-            if n.locscale:
+            if not self.model.can_simulate:
+                u = n.transform.inverse(value)
+            elif n.locscale:
                 p.node = n.name
                 std = _node_fn(self.model.prior[n.name])(p, dview).standardized()
                 v = jnp.log(value) if std.link == "exp" else value
@@ -840,11 +1031,76 @@ class BoundModel:
                     w = weights[n.name]
                     u = (v - std.loc) * jnp.exp(-(1 - w) * jnp.log(std.scale)) + w * std.loc
                 u = jnp.broadcast_to(u, n.shape)
-            else:
-                u = n.transform.inverse(value)
+            else:  # the inverse bijection onto the support at the current values
+                p.node = n.name
+                d = _node_fn(self.model.prior[n.name])(p, dview)
+                u = biject_to(d.support).inverse(value)
             parts.append(jnp.ravel(u))
             p[n.name] = value
         return jnp.concatenate(parts) if parts else jnp.zeros(0)
+
+    def supports(self, params, data=None) -> dict:
+        """The support of each prior node at the given parameter values and data.
+
+        Parameters
+        ----------
+        params : dict or array
+            The model's own (constrained) parameters, name -> array, or a flat
+            unconstrained vector (as taken by :meth:`constrain`). A node's support reads
+            only the nodes before it: from a dict, supports are given up to and including
+            the first node it lacks.
+        data : dict, optional
+            The data; defaults to the data bound here.
+
+        Returns
+        -------
+        dict
+            Node name -> :class:`~hbm.constraints.Constraint`, whose bounds may be arrays
+            or JAX tracers.
+        """
+        return {name: d.support for name, d in self._distributions(params, data).items()}
+
+    def transforms(self, params, data=None) -> dict:
+        """The bijection from unconstrained space onto each node's support at the given
+        parameter values and data: the map :meth:`constrain` and :meth:`unconstrain`
+        apply to that node.
+
+        Parameters
+        ----------
+        params : dict or array
+            As for :meth:`supports`.
+        data : dict, optional
+            The data; defaults to the data bound here.
+
+        Returns
+        -------
+        dict
+            Node name -> :class:`~hbm.transforms.Transform`, or ``None`` for a
+            hierarchical location-scale node (its unconstrained coordinates are set by
+            the reparameterization, see :attr:`reparam`).
+        """
+        locscale = {n.name for n in self.nodes if n.locscale}
+        return {name: None if name in locscale else biject_to(d.support)
+                for name, d in self._distributions(params, data).items()}
+
+    def _distributions(self, params, data=None) -> dict:
+        """Node name -> prior distribution at ``params`` (see :meth:`supports`); for a
+        model given by its log density, an object holding the fixed support."""
+        if not isinstance(params, dict):
+            params = self.constrain(params, data, deterministic=False)
+        if not self.model.can_simulate:
+            return {n.name: n for n in self.nodes}
+        data = self.data if data is None else data
+        dview = _Data(data)
+        p = _Params()
+        out = {}
+        for n in self.nodes:
+            p.node = n.name
+            out[n.name] = _node_fn(self.model.prior[n.name])(p, dview)
+            if n.name not in params:
+                break
+            p[n.name] = jnp.asarray(params[n.name])
+        return out
 
     def log_likelihood(self, params: dict, data=None) -> dict:
         """Pointwise log likelihood of every observed key (shape of the data)."""
@@ -902,9 +1158,13 @@ class BoundModel:
                 if value.shape != n.shape:
                     raise ModelError(f"init['{n.name}'] has shape {value.shape}, expected "
                                      f"{n.shape}")
-                if not n.locscale and not bool(jnp.all(n.support.check(value))):
-                    raise ModelError(f"init['{n.name}'] lies outside the support "
-                                     f"({n.support})")
+        # supports at the given values where the nodes before are given, else at binding
+        current = self.supports(params)
+        for n in self.nodes:
+            support = current.get(n.name, n.support)
+            if n.name in params and not n.locscale and not bool(
+                    jnp.all(support.check(jnp.asarray(params[n.name])))):
+                raise ModelError(f"init['{n.name}'] lies outside the support ({support})")
         return params
 
 

@@ -35,6 +35,8 @@ METHODS = ("nuts", "advi", "laplace", "map")
 """The inference methods a :class:`Fit` can come from."""
 
 _DATA_GROUPS = ("observed_data",)
+_PREDICTION_GROUPS = ("predictions", "predictions_constant_data")
+"""Out-of-sample groups: their axes may differ from the fitted data's (ArviZ ``pred_dims``)."""
 
 
 class UnknownVariableError(HbmError, KeyError):
@@ -42,12 +44,15 @@ class UnknownVariableError(HbmError, KeyError):
 
 
 class _ArvizInputs(NamedTuple):
-    """What both ArviZ branches need: groups of arrays, dims, coords and attributes."""
+    """What both ArviZ branches need: groups of arrays, dims, coords and attributes, and
+    the dims and coords of the out-of-sample groups (``pred_dims``, ``pred_coords``)."""
 
     groups: dict[str, dict[str, np.ndarray]]
     dims: dict[str, list[str]]
     coords: dict[str, list]
     attrs: dict[str, Any]
+    pred_dims: dict[str, list[str]]
+    pred_coords: dict[str, list]
 
 
 def _to_numpy_dict(values: Mapping[str, Any] | None, what: str) -> dict[str, np.ndarray]:
@@ -227,21 +232,26 @@ class Fit:
         )
 
     # ------------------------------------------------------------------ ArviZ
-    def _arviz_inputs(self) -> _ArvizInputs:
+    def _arviz_inputs(self, posterior_predictive: Mapping[str, Any] | None = None) -> _ArvizInputs:
+        """Groups, dims, coords and attributes for ArviZ; ``posterior_predictive``, when
+        given, replaces the draws stored by :meth:`predict`."""
+        if posterior_predictive is None:
+            posterior_predictive = getattr(self, "posterior_predictive", None)
         groups = {
             "posterior": self.posterior,
             "sample_stats": self.sample_stats,
             "log_likelihood": self.log_likelihood,
             "observed_data": self.observed_data,
             "warmup_sample_stats": self.warmup_sample_stats,
-            "posterior_predictive": getattr(self, "posterior_predictive", None),
+            "posterior_predictive": posterior_predictive,
             "predictions": getattr(self, "predictions", None),
             "predictions_constant_data": getattr(self, "predictions_constant_data", None),
         }
         groups = {group: dict(arrays) for group, arrays in groups.items() if arrays}
-        dims = {name: list(names) for name, names in self.dims.items()}
+        dims = _complete_dims(groups, {name: list(names) for name, names in self.dims.items()})
         coords = {dim: list(values) for dim, values in self.coords.items()}
-        return _ArvizInputs(groups, dims, coords, self._attrs())
+        pred_dims, pred_coords = _prediction_dims(groups, dims, coords)
+        return _ArvizInputs(groups, dims, coords, self._attrs(), pred_dims, pred_coords)
 
     def _attrs(self) -> dict[str, Any]:
         attrs: dict[str, Any] = {"inference_library": "hbm", "hbm_method": self.method}
@@ -254,33 +264,63 @@ class Fit:
                 attrs.setdefault(f"hbm_{key}", simple)
         return attrs
 
-    def to_arviz(self):
+    def to_arviz(self, *, posterior_predictive: bool = False, seed: int = 0):
         """Convert to the installed ArviZ's container.
+
+        Parameters
+        ----------
+        posterior_predictive : bool, default False
+            Draw every observed data key from the likelihood at each posterior draw
+            (as ``fit.predict(seed=seed)`` does, without storing the draws on the fit)
+            and put them in the ``posterior_predictive`` group, shaped
+            ``(chain, draw, *obs_shape)`` with the observed data's dims and coords, so
+            that ``arviz.plot_ppc`` (ArviZ 0.x) or ``arviz.plot_ppc_dist`` (ArviZ >= 1)
+            compares them with ``observed_data``. Needs a fit that kept its model and
+            data. If False, draws stored by an earlier :meth:`predict` are included.
+        seed : int, default 0
+            Seed of the random key of the posterior predictive draws.
 
         Returns
         -------
         arviz.InferenceData or xarray.DataTree
             ``InferenceData`` for ArviZ 0.x, ``DataTree`` for ArviZ >= 1, with groups
             ``posterior``, ``sample_stats``, ``log_likelihood``, ``observed_data`` and
-            ``warmup_sample_stats`` (those that are present), the fit's dims and coords,
-            and simple ``info`` entries as ``hbm_<key>`` attributes (dicts of simple
-            values as JSON strings, booleans as 0/1).
+            ``warmup_sample_stats`` (those that are present), ``posterior_predictive``
+            (in-sample) and ``predictions`` / ``predictions_constant_data``
+            (out-of-sample, from ``fit.predict(new_data)``) when present, the fit's dims
+            and coords, and simple ``info`` entries as ``hbm_<key>`` attributes (dicts
+            of simple values as JSON strings, booleans as 0/1). The out-of-sample
+            groups keep the dims of their variables, and the coords of a dim only where
+            its length is unchanged (else integer labels).
         """
         arviz = load_arviz()
-        inputs = self._arviz_inputs()
+        replicated = None
+        if posterior_predictive:
+            from hbm.prediction import _simulate
+
+            replicated = _simulate(self, None, "sample", None, seed)[0]
+        inputs = self._arviz_inputs(replicated)
         save_warmup = "warmup_sample_stats" in inputs.groups
+        predictions = {g: a for g, a in inputs.groups.items() if g in _PREDICTION_GROUPS}
         if arviz_major_version(arviz) >= 1:
             group_attrs = {"/": dict(inputs.attrs)}
             group_attrs.update({group: dict(inputs.attrs) for group in inputs.groups})
+            extra = {}
+            if predictions:
+                extra = {"pred_dims": inputs.pred_dims, "pred_coords": inputs.pred_coords}
             return arviz.from_dict(
                 inputs.groups,
                 dims=inputs.dims,
                 coords=inputs.coords,
                 save_warmup=save_warmup,
                 attrs=group_attrs,
+                **extra,
             )
-        return arviz.from_dict(
-            **inputs.groups,
+        # ArviZ 0.x's from_dict gives the prediction groups the main coords whatever
+        # pred_coords says, so they are converted on their own and added.
+        main = {g: a for g, a in inputs.groups.items() if g not in _PREDICTION_GROUPS}
+        idata = arviz.from_dict(
+            **main,
             dims=inputs.dims,
             coords=inputs.coords,
             save_warmup=save_warmup,
@@ -289,7 +329,19 @@ class Fit:
             sample_stats_attrs=dict(inputs.attrs),
             sample_stats_warmup_attrs=dict(inputs.attrs),
             log_likelihood_attrs=dict(inputs.attrs),
+            posterior_predictive_attrs=dict(inputs.attrs),
         )
+        if predictions:
+            idata.extend(
+                arviz.from_dict(
+                    **predictions,
+                    dims=inputs.pred_dims,
+                    coords=inputs.pred_coords,
+                    attrs=dict(inputs.attrs),
+                    predictions_attrs=dict(inputs.attrs),
+                )
+            )
+        return idata
 
     def summary(self, var_names=None, hdi_prob: float = 0.94, *, round_to=None):
         """ArviZ summary: mean, sd, HDI, MCSE, bulk and tail ESS, R-hat.
@@ -351,11 +403,65 @@ class Fit:
         return int(self.info.get("max_tree_depth", DEFAULT_MAX_TREE_DEPTH))
 
     # ------------------------------------------------------------- prediction
-    def predict(self, data=None, *, new_groups: str = "sample", draws=None, seed: int = 0):
-        """Posterior predictive draws, also for new groups: see :func:`hbm.predict.predict`."""
-        from hbm.predict import predict
+    def predict(
+        self, data=None, *, new_groups: str = "sample", draws=None, seed: int = 0,
+        arviz: bool = False,
+    ):
+        """Posterior predictive draws, also for new groups: see :func:`hbm.predict`.
 
-        return predict(self, data, new_groups=new_groups, draws=draws, seed=seed)
+        Returns a dict of arrays ``(chain, draw, *obs_shape)``, or with ``arviz=True``
+        the fit's ArviZ conversion holding them as ``posterior_predictive``
+        (``data=None``) or ``predictions`` (new data).
+        """
+        from hbm.prediction import predict
+
+        return predict(self, data, new_groups=new_groups, draws=draws, seed=seed, arviz=arviz)
+
+
+_UNSAMPLED_GROUPS = ("observed_data", "predictions_constant_data")
+
+
+def _complete_dims(groups: dict, dims: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Name the axes that ``dims`` leaves unnamed after a named prefix ``<var>_dim_<axis>``
+    (ArviZ 0.x's default), so that both ArviZ versions give the same dims (1.x would count
+    only the unnamed axes)."""
+    out = {}
+    for name, names in dims.items():
+        ndim = max((np.ndim(arrays[name]) - (0 if group in _UNSAMPLED_GROUPS else 2)
+                    for group, arrays in groups.items() if name in arrays), default=0)
+        out[name] = names + [f"{name}_dim_{axis}" for axis in range(len(names), ndim)]
+    return out
+
+
+def _prediction_dims(
+    groups: dict[str, dict[str, np.ndarray]],
+    dims: dict[str, list[str]],
+    coords: dict[str, list],
+) -> tuple[dict[str, list[str]], dict[str, list]]:
+    """Dims and coords for the out-of-sample groups.
+
+    A variable keeps its dims (cut to its number of axes); a dim keeps its coords only
+    if every axis it names in these groups has the coords' length, else ArviZ labels it
+    with integers (new data usually has another number of observations).
+    """
+    shapes = {}
+    for group in _PREDICTION_GROUPS:
+        sample_ndim = 2 if group == "predictions" else 0
+        for name, array in groups.get(group, {}).items():
+            shapes[name] = np.shape(array)[sample_ndim:]
+    pred_dims = {
+        name: list(dims[name][: len(shape)]) for name, shape in shapes.items() if name in dims
+    }
+    sizes: dict[str, set[int]] = {}
+    for name, names in pred_dims.items():
+        for dim, size in zip(names, shapes[name]):
+            sizes.setdefault(dim, set()).add(int(size))
+    pred_coords = {
+        dim: list(coords[dim])
+        for dim, found in sizes.items()
+        if dim in coords and found == {len(coords[dim])}
+    }
+    return pred_dims, pred_coords
 
 
 def _simple_scalar(value: Any) -> Any:

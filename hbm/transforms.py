@@ -178,6 +178,18 @@ class Transform:
         """Shape of ``inverse(y)`` for ``y`` of shape ``shape``."""
         return tuple(shape)
 
+    def finite_limits(self, shape):
+        """Which unconstrained coordinates approach a finite boundary of the support.
+
+        Returns two boolean arrays of the unconstrained ``shape``: whether sending that
+        coordinate to ``-inf`` (first) or ``+inf`` (second) drives the constrained value
+        to a finite edge of the support (``exp`` at ``-inf`` reaches 0; the identity
+        never reaches an edge). A mode optimizer that drifts far out along a coordinate
+        has found a boundary mode only in such a direction. The default, for transforms
+        that do not say, is ``True`` both ways.
+        """
+        return np.ones(shape, bool), np.ones(shape, bool)
+
     def __call__(self, x):
         return self.forward(x)
 
@@ -209,6 +221,9 @@ class IdentityTransform(Transform):
         batch_shape = x.shape[: x.ndim - self.event_dim]
         return jnp.zeros(batch_shape, dtype=x.dtype)
 
+    def finite_limits(self, shape):
+        return np.zeros(shape, bool), np.zeros(shape, bool)
+
     def __repr__(self):
         return f"IdentityTransform(event_dim={self.event_dim})"
 
@@ -226,6 +241,9 @@ class ExpTransform(Transform):
 
     def log_abs_det_jacobian(self, x):
         return _as_float(x)
+
+    def finite_limits(self, shape):
+        return np.ones(shape, bool), np.zeros(shape, bool)
 
 
 class GreaterThanTransform(Transform):
@@ -255,6 +273,9 @@ class GreaterThanTransform(Transform):
 
     def inverse_shape(self, shape):
         return jnp.broadcast_shapes(tuple(shape), jnp.shape(self.lower_bound))
+
+    def finite_limits(self, shape):
+        return np.ones(shape, bool), np.zeros(shape, bool)
 
     def __repr__(self):
         return f"GreaterThanTransform({self.lower_bound})"
@@ -414,6 +435,12 @@ class OrderedTransform(Transform):
 
 # ----------------------------------------------------------------------------- matrices
 
+    def finite_limits(self, shape):
+        below = np.ones(shape, bool)
+        below[..., :1] = False  # the first entry is free; the others are log increments
+        return below, np.zeros(shape, bool)
+
+
 
 class CorrCholeskyTransform(Transform):
     """R^(K(K-1)/2) onto Cholesky factors of K x K correlation matrices.
@@ -543,6 +570,12 @@ class LowerCholeskyTransform(Transform):
     def inverse_shape(self, shape):
         side = _square_size(shape, "LowerCholeskyTransform")
         return tuple(shape[:-2]) + (side * (side + 1) // 2,)
+
+    def finite_limits(self, shape):
+        side = _triangle_side(shape[-1], False, type(self).__name__)
+        rows, cols = np.tril_indices(side)
+        below = np.broadcast_to(rows == cols, tuple(shape)).copy()  # log-diagonal entries
+        return below, np.zeros(shape, bool)
 
 
 class PositiveDefiniteTransform(LowerCholeskyTransform):

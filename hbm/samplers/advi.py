@@ -20,7 +20,8 @@ averages of the iterates over the last chunk of steps.
 The quality of the fitted approximation can be checked with Pareto-smoothed importance
 sampling (Vehtari et al. 2024, "Pareto smoothed importance sampling", JMLR 25(72);
 Yao et al. 2018, "Yes, but did it work?: Evaluating variational inference"):
-``psis_khat(log p - log q)`` above 0.7 means the approximation is unreliable.
+``hbm.diagnostics.pareto_khat(log p - log q)`` above 0.7 means the approximation is
+unreliable.
 
 References
 ----------
@@ -57,7 +58,6 @@ __all__ = [
     "scale_tril",
     "run_advi",
     "advi_draws",
-    "psis_khat",
 ]
 
 METHODS = ("meanfield", "fullrank")
@@ -744,19 +744,3 @@ def advi_draws(
     eps = jax.random.normal(key, (num_draws, params.mean.shape[-1]), dtype=params.mean.dtype)
     draws = _transform(params, eps, method)
     return draws, _log_q(params, draws, method)
-
-
-def psis_khat(log_p_minus_log_q) -> float:
-    """Pareto k-hat of the importance ratios ``p / q`` (Vehtari et al. 2024).
-
-    Below 0.5 the approximation is good, 0.5-0.7 usable, above 0.7 unreliable
-    (Yao et al. 2018). ``-inf`` entries (zero weight) are allowed; if any entry is NaN
-    the quality is unknown and ``inf`` is returned.
-    """
-    import arviz  # lazily: arviz is slow to import
-
-    log_weights = np.asarray(log_p_minus_log_q, dtype=np.float64).reshape(-1)
-    if np.any(np.isnan(log_weights)):
-        return math.inf
-    _, khat = arviz.psislw(log_weights, reff=1.0)
-    return float(np.asarray(khat))

@@ -273,13 +273,16 @@ def boundary_report(
     threshold: float = BOUNDARY_THRESHOLD,
     probe_iters: int = 50,
     min_gain: float = 1.0,
+    finite_limits: tuple | None = None,
 ) -> BoundaryReport:
     """Detect a mode on the boundary of the parameter space.
 
     Two signs are checked:
 
-    * drift: unconstrained coordinates with ``|x| > threshold`` (e.g. the log of a
-      group scale heading to ``-inf``);
+    * drift: unconstrained coordinates with ``|x| > threshold`` in a direction in which
+      their transform reaches a finite edge of the support (e.g. the log of a group
+      scale heading to ``-inf``; an identity-transformed location of 252 is not on a
+      boundary);
     * unbounded growth (needs ``logdensity_fn``): ``probe_iters`` more L-BFGS
       iterations from the position raise the log density by more than ``min_gain``
       while the gradient norm stays above ``sqrt(tol)`` of a converged run (1e-4);
@@ -289,6 +292,10 @@ def boundary_report(
     ----------
     result_or_position : a :class:`MAPResult` or a (d,) unconstrained position.
     logdensity_fn : the log density the mode was found for, to probe for growth.
+    finite_limits : optional pair of (d,) boolean masks (see
+        :meth:`hbm.model.BoundModel.finite_limits`): whether sending each coordinate to
+        ``-inf`` / ``+inf`` reaches a finite edge of the support. Without them every
+        direction counts (the kernel does not know the transforms).
 
     Returns
     -------
@@ -303,9 +310,22 @@ def boundary_report(
     if position.ndim != 1:
         raise ConfigurationError(f"expected a 1-D position, got shape {position.shape}")
 
+    if finite_limits is None:
+        below = above = np.ones(position.shape, bool)
+    else:
+        below, above = (np.asarray(m, bool) for m in finite_limits)
+        if below.shape != position.shape or above.shape != position.shape:
+            raise ConfigurationError(f"finite_limits must be two masks of shape "
+                                     f"{position.shape}, got {below.shape} and {above.shape}")
+
+    def toward_edge(i, direction):
+        return bool(below[i]) if direction < 0 else bool(above[i])
+
     indices: set[int] = set()
     reasons = []
-    drifted = np.flatnonzero(~(np.abs(position) <= threshold))
+    far = np.flatnonzero(~(np.abs(position) <= threshold))
+    drifted = np.array([int(i) for i in far
+                        if np.isnan(position[i]) or toward_edge(i, position[i])], dtype=int)
     if drifted.size:
         indices.update(int(i) for i in drifted)
         reasons.append(
@@ -318,7 +338,12 @@ def boundary_report(
         probe = find_mode(logdensity_fn, start[None, :], max_iters=probe_iters, tol=0.0)
         gain = float(probe.logdensity) - start_logdensity
         if gain > min_gain and float(probe.grad_norm) > 1e-4:
-            moved = np.flatnonzero(np.abs(np.asarray(probe.position) - position) > 1.0)
+            step = np.asarray(probe.position) - position
+            moved = np.flatnonzero(np.abs(step) > 1.0)
+            # coordinates heading to an edge of the support; if none is, the density grows
+            # without bound in the interior directions, and those are what is reported
+            at_edge = np.array([int(i) for i in moved if toward_edge(i, step[i])], dtype=int)
+            moved = at_edge if at_edge.size else moved
             indices.update(int(i) for i in moved)
             reasons.append(
                 f"the log density looks unbounded: {probe_iters} more iterations raised "

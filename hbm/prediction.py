@@ -53,6 +53,14 @@ Data keys the new data do not give are taken from the fit's data. When new group
 present, a fit data key whose leading axis has one entry per fitted group (a group-level
 covariate such as ``log_uranium``) must be passed explicitly, extended to the new groups,
 because indexing it with a new code would silently read the wrong entry.
+
+ArviZ
+-----
+``fit.to_arviz(posterior_predictive=True, seed=...)`` adds fresh in-sample draws as the
+``posterior_predictive`` group (laid out like ``observed_data``, for ``plot_ppc``), and
+``predict(..., arviz=True)`` returns the fit's ArviZ conversion with the new draws in
+``posterior_predictive`` (``data=None``) or ``predictions`` and
+``predictions_constant_data`` (new data), ArviZ's names for in- and out-of-sample draws.
 """
 
 from __future__ import annotations
@@ -324,33 +332,12 @@ def _one_draw_fn(model, nodes, new_groups):
     return one
 
 
-def predict(fit, data=None, *, new_groups: str = "sample", draws: int | None = None,
-            seed: int = 0) -> dict:
-    """Posterior predictive draws of every likelihood key, for fitted and new groups.
+def _simulate(fit, data, new_groups: str, draws, seed) -> tuple[dict, dict, dict]:
+    """Posterior predictive draws without touching the fit.
 
-    Parameters
-    ----------
-    fit : hbm.Fit
-        A fit that kept its model and data (every hbm driver does).
-    data : dict, optional
-        New data (covariates and grouping keys, see the module docstring); ``None``
-        replicates the fitted data (the posterior predictive of the observations).
-        Keys not given are taken from the fit's data.
-    new_groups : {"sample", "mean", "error"}, default "sample"
-        What a group not seen in fitting gets: a fresh draw from the fitted hierarchy per
-        posterior draw, the population location, or a :class:`hbm.errors.DataError`.
-    draws : int, optional
-        Posterior draws per chain to use, evenly spaced; all by default.
-    seed : int, default 0
-        Seed of the random key.
-
-    Returns
-    -------
-    dict
-        Data key -> array ``(chain, draw, *obs_shape)``. Also stored on the fit as
-        ``fit.posterior_predictive`` (``data=None``) or ``fit.predictions`` (new data,
-        whose arrays are kept in ``fit.predictions_constant_data``), and the new groups'
-        names in ``fit.info["predict_new_groups"]``.
+    Returns the draws ``{key: (chain, draw, *obs_shape)}``, the converted data they were
+    drawn for, and ``{dim: (n_fitted, [new group names])}``. One PRNG key per posterior
+    draw is split from ``seed`` and passed to the simulation; no key is kept.
     """
     if new_groups not in NEW_GROUP_MODES:
         raise ConfigurationError(f"new_groups must be one of {NEW_GROUP_MODES}, got "
@@ -391,7 +378,48 @@ def predict(fit, data=None, *, new_groups: str = "sample", draws: int | None = N
     out = jax.jit(run)(keys, flat, fit_data, new_data)
     result = {k: np.asarray(v).reshape((chains, kept) + tuple(v.shape[1:]))
               for k, v in out.items()}
+    return result, new_data, groups
 
+
+def predict(fit, data=None, *, new_groups: str = "sample", draws: int | None = None,
+            seed: int = 0, arviz: bool = False):
+    """Posterior predictive draws of every likelihood key, for fitted and new groups.
+
+    Also available as ``hbm.predict(fit, ...)`` and ``fit.predict(...)``.
+
+    Parameters
+    ----------
+    fit : hbm.Fit
+        A fit that kept its model and data (every hbm driver does).
+    data : dict, optional
+        New data (covariates and grouping keys, see the module docstring); ``None``
+        replicates the fitted data (the posterior predictive of the observations).
+        Keys not given are taken from the fit's data.
+    new_groups : {"sample", "mean", "error"}, default "sample"
+        What a group not seen in fitting gets: a fresh draw from the fitted hierarchy per
+        posterior draw, the population location, or a :class:`hbm.errors.DataError`.
+    draws : int, optional
+        Posterior draws per chain to use, evenly spaced; all by default.
+    seed : int, default 0
+        Seed of the random key; the same seed gives the same draws.
+    arviz : bool, default False
+        Return ``fit.to_arviz()`` (after storing the draws on the fit) instead of the
+        dict: ArviZ's ``InferenceData`` (ArviZ 0.x) or ``DataTree`` (ArviZ >= 1) with
+        the draws in ``posterior_predictive`` (``data=None``, in-sample, next to
+        ``observed_data``, ready for ``plot_ppc``) or in ``predictions`` with the new
+        data in ``predictions_constant_data`` (new data, out-of-sample), as ArviZ names
+        them. Prediction groups stored on the fit by earlier calls are kept.
+
+    Returns
+    -------
+    dict or arviz.InferenceData or xarray.DataTree
+        Data key -> array ``(chain, draw, *obs_shape)`` (or its ArviZ conversion with
+        ``arviz=True``). Also stored on the fit as ``fit.posterior_predictive``
+        (``data=None``) or ``fit.predictions`` (new data, whose arrays are kept in
+        ``fit.predictions_constant_data``), and the new groups' names in
+        ``fit.info["predict_new_groups"]``.
+    """
+    result, new_data, groups = _simulate(fit, data, new_groups, draws, seed)
     if data is None:
         fit.posterior_predictive = result
     else:
@@ -401,6 +429,8 @@ def predict(fit, data=None, *, new_groups: str = "sample", draws: int | None = N
             if k not in result and not isinstance(v, dict) and k in _as_data_dict(data)
         }
     fit.info["predict_new_groups"] = {dim: list(new) for dim, (_, new) in groups.items()}
+    if arviz:
+        return fit.to_arviz()
     return result
 
 
