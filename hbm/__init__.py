@@ -1,7 +1,10 @@
 """hbm: Bayesian hierarchical models in JAX, with our own NUTS, ADVI, MAP and Laplace.
 
 The public names are listed in ``__all__``; each is re-exported from the module that
-defines it (imported on first use, so ``import hbm`` stays light).
+defines it (imported on first use, so ``import hbm`` stays light). Importing hbm asks XLA for one
+CPU device per core, so that chains run on every core (opt out with ``HBM_CPU_DEVICES=1``;
+see :mod:`hbm.cpu_devices`), and turns on JAX's persistent compilation cache in a per-user
+directory (opt out with ``HBM_COMPILATION_CACHE=0``; see :mod:`hbm.compilation_cache`).
 """
 
 from __future__ import annotations
@@ -37,9 +40,17 @@ _EXPORTS = {
     "ConstraintError": "hbm.errors",
 }
 _SUBMODULES = ("dist", "constraints", "transforms", "datasets", "models", "diagnostics",
-               "samplers", "plots", "errors", "checkpoint", "reparam")
+               "samplers", "plots", "errors", "checkpoint", "reparam", "compilation_cache", "cpu_devices")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+
+from hbm.cpu_devices import request_host_devices as _request_host_devices  # noqa: E402
+
+_request_host_devices()  # before JAX starts its CPU backend: one device per core
+
+from hbm.compilation_cache import enable_default as _enable_compilation_cache  # noqa: E402
+
+_enable_compilation_cache()
 
 
 def __getattr__(name):

@@ -26,11 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hbm.cpu_devices import resolve_chain_method
 from hbm.errors import ConfigurationError, HbmError, ModelError, SamplingError
 from hbm.draws import DrawBuffer
 from hbm.model import BoundModel, Model
 
-CHAIN_METHODS = ("vectorized", "sequential", "sharded")
+CHAIN_METHODS = ("auto", "vectorized", "sequential", "sharded")
 #: Pointwise log likelihoods are stored for LOO only below this many numbers.
 MAX_LOG_LIKELIHOOD_SIZE = 20_000_000
 #: ``reparam="auto"`` needs this much warmup (else it samples non-centered).
@@ -248,7 +249,7 @@ def _initial_positions(bound: BoundModel, key, num_chains, init):
 
 def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draws: int = 1000,
            seed: int = 0, target_accept: float = 0.8, max_tree_depth: int = 10,
-           dense_mass: bool = False, reparam="auto", chain_method: str = "vectorized",
+           dense_mass: bool = False, reparam="auto", chain_method: str = "auto",
            init=None, progress=True, thin: int = 1, step_size: float | None = None,
            chunk_size: int = 100, log_likelihood: bool | None = None,
            checkpoint: str | None = None, store: str | None = None, _after_warmup=None):
@@ -270,7 +271,13 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
         non-centered), ``"centered"``, ``"noncentered"``, or a dict per node (see
         :meth:`Model.bind`).
     chain_method
-        ``"vectorized"`` (vmap), ``"sequential"`` or ``"sharded"`` (across local devices).
+        ``"auto"`` (default): ``"sharded"`` where there are several local devices that
+        share the chains evenly (on a CPU, ``import hbm`` makes one device per core, see
+        :mod:`hbm.cpu_devices`), else ``"vectorized"``; the choice is
+        ``fit.info["chain_method"]``. ``"vectorized"`` (vmap on one device),
+        ``"sequential"`` (``lax.map``) or ``"sharded"`` (vectorized on each of the local
+        devices) force one. Each chain's draws come from its own keys whatever the
+        placement; placements agree to floating-point rounding.
     init
         Optional dict of initial values (constrained), one per parameter or per chain.
     step_size
@@ -460,7 +467,8 @@ def _prepare_run(model, data, settings, reparam) -> _Run:
     compile_settings = dict(
         num_chains=chains, chunk_size=settings["chunk_size"],
         max_tree_depth=settings["max_tree_depth"], target_accept=settings["target_accept"],
-        dense_mass=settings["dense_mass"], chain_method=settings["chain_method"],
+        dense_mass=settings["dense_mass"],
+        chain_method=resolve_chain_method(settings["chain_method"], chains),
         store_log_likelihood=bool(log_likelihood),
         given_step_size=settings["step_size"] is not None)
     cache_key = ("nuts", _reparam_signature(bind_reparam), _data_signature(bound.data),
@@ -485,7 +493,7 @@ def _prepare_run(model, data, settings, reparam) -> _Run:
                 weights=dict(bound.weights), probe_positions=None,
                 buffer=DrawBuffer(chains, settings["draws"], settings.get("store")),
                 stats={"divergences": 0, "gradients": 0}, times={}, chunk_times=[],
-                positions=None)
+                positions=None, chain_method=compile_settings["chain_method"])
 
 
 def _save_checkpoint(run, path, new_draws=None):
@@ -709,7 +717,7 @@ def _build_fit(run, partial_reason):
         max_tree_depth=s["max_tree_depth"],
         target_accept=s["target_accept"],
         dense_mass=s["dense_mass"],
-        chain_method=s["chain_method"],
+        chain_method=run.chain_method, requested_chain_method=s["chain_method"],
         seed=s["seed"],
         thin=thin,
         times=dict(run.times),
@@ -827,7 +835,7 @@ def advi(model: Model, data=None, *, method: str = "meanfield", max_steps: int =
     key = jax.random.PRNGKey(seed)
     init_key, fit_key, draw_key = jax.random.split(key, 3)
     x0 = bound.init(init_key)
-    logdensity_fn = partial(_bound_logdensity_with_data, bound, bound.data, bound.weights)
+    logdensity_fn = logdensity_closure(bound)
     bar = _progress_bar(progress, max_steps, f"ADVI ({method})")
 
     def callback(step, elbo):
@@ -845,7 +853,7 @@ def advi(model: Model, data=None, *, method: str = "meanfield", max_steps: int =
         bar.close()
     elapsed = time.perf_counter() - t0
     xs, log_q = advi_lib.advi_draws(draw_key, result, draws)
-    log_p = jax.jit(jax.vmap(bound.logdensity))(xs)
+    log_p = _logdensity_many(logdensity_fn, xs)
     khat = pareto_khat(np.asarray(log_p - log_q))
     posterior, loglik = _constrain_draws(bound, xs)
     info = dict(
@@ -869,8 +877,23 @@ def advi(model: Model, data=None, *, method: str = "meanfield", max_steps: int =
     return fit
 
 
-def _bound_logdensity_with_data(bound, data, weights, x):
-    return bound.logdensity(x, data, weights)
+def _bound_logdensity(bound, jacobian, data, weights, x):
+    return bound.logdensity(x, data, weights, jacobian=jacobian)
+
+
+def logdensity_closure(bound: BoundModel, jacobian: bool = True) -> jax.tree_util.Partial:
+    """The flat log density of ``bound`` at its data, as a
+    :class:`jax.tree_util.Partial` over ``(data, weights)``. Its function is kept per model
+    structure and data shapes, so the compiled optimizers and ADVI chunks that take it are
+    reused for new same-shaped data (:mod:`hbm.samplers.closures`)."""
+    key = ("logdensity", bound.signature, bool(jacobian))
+    fn = _cached(bound.model, key, lambda: partial(_bound_logdensity, bound, bool(jacobian)))
+    return jax.tree_util.Partial(fn, bound.data, bound.weights)
+
+
+@jax.jit
+def _logdensity_many(logdensity_fn, xs):
+    return jax.vmap(logdensity_fn)(xs)
 
 
 # ----------------------------------------------------------------------- MAP/Laplace
@@ -916,7 +939,7 @@ def find_map(model: Model, data=None, *, jacobian: bool = False, optimizer=None,
     key = jax.random.PRNGKey(seed)
     init_key, draw_key = jax.random.split(key)
     inits = bound.init_many(init_key, restarts)
-    logdensity_fn = partial(_bound_logdensity_jac, bound, bool(jacobian))
+    logdensity_fn = logdensity_closure(bound, bool(jacobian))
     tol = (1e-8 if jax.config.jax_enable_x64 else 1e-4) if tol is None else float(tol)
     t0 = time.perf_counter()
     result = optimize.find_mode(logdensity_fn, inits, optimizer=optimizer, max_iters=max_iters,
@@ -924,11 +947,11 @@ def find_map(model: Model, data=None, *, jacobian: bool = False, optimizer=None,
     report = optimize.boundary_report(result, logdensity_fn,
                                       finite_limits=bound.finite_limits())
     elapsed = time.perf_counter() - t0
-    mode_params = {k: np.asarray(v) for k, v in bound.constrain(result.position).items()}
-    restart_params = [bound.constrain(x) for x in result.all_positions]
-    spread = {k: float(np.max(np.ptp(np.stack([np.asarray(r[k]) for r in restart_params]),
-                                      axis=0)))
-              for k in mode_params}
+    restart_params, _ = _constrain_draws(bound, result.all_positions, False)
+    best = int(np.argmax(np.where(np.isfinite(np.asarray(result.all_logdensities)),
+                                  np.asarray(result.all_logdensities), -np.inf)))
+    mode_params = {k: v[0, best] for k, v in restart_params.items()}
+    spread = {k: float(np.max(np.ptp(v[0], axis=0))) for k, v in restart_params.items()}
     boundary = _names_of_indices(bound, report.indices)
     at_values = _constrained_values_of_indices(bound, mode_params, report.indices)
     info = dict(
@@ -964,10 +987,6 @@ def find_map(model: Model, data=None, *, jacobian: bool = False, optimizer=None,
               info=info)
     fit.params = mode_params
     return fit
-
-
-def _bound_logdensity_jac(bound, jacobian, x):
-    return bound.logdensity(x, jacobian=jacobian)
 
 
 # ------------------------------------------------------------------------ fit (auto)

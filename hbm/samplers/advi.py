@@ -45,6 +45,7 @@ import numpy as np
 import optax
 
 from hbm.errors import ConfigurationError, SamplingError
+from hbm.samplers.closures import as_pytree_function
 
 __all__ = [
     "METHODS",
@@ -403,10 +404,11 @@ def elbo_estimate(
     num_samples: int = 100,
 ) -> jax.Array:
     """Monte Carlo estimate of the ELBO, ``mean(log p(z)) + H[q]`` with ``z ~ q``."""
-    return _elbo_estimate_jit(key, params, logdensity_fn, method, num_samples)
+    return _elbo_estimate_jit(key, params, as_pytree_function(logdensity_fn), method,
+                              num_samples)
 
 
-@partial(jax.jit, static_argnames=("logdensity_fn", "method", "num_samples"))
+@partial(jax.jit, static_argnames=("method", "num_samples"))
 def _elbo_estimate_jit(key, params, logdensity_fn, method, num_samples):
     d = params.mean.shape[-1]
     eps = jax.random.normal(key, (num_samples, d), dtype=params.mean.dtype)
@@ -421,7 +423,6 @@ def _elbo_estimate_jit(key, params, logdensity_fn, method, num_samples):
 @partial(
     jax.jit,
     static_argnames=(
-        "logdensity_fn",
         "method",
         "optimizer",
         "mc_samples",
@@ -664,6 +665,7 @@ def run_advi(
     if optimizer is not None and learning_rate is not None:
         raise ConfigurationError("pass either an optimizer or a learning_rate, not both")
 
+    logdensity_fn = as_pytree_function(logdensity_fn)  # an argument of the compiled chunks
     search = optimizer is None and learning_rate is None
     user_rate = None if learning_rate is None else float(learning_rate)
     optimizer = default_optimizer() if optimizer is None else optimizer

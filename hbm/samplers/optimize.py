@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from hbm.errors import ConfigurationError, InitializationError, SamplingError
+from hbm.samplers.closures import as_pytree_function
 
 __all__ = [
     "MAPResult",
@@ -141,7 +142,7 @@ def _minimize_one(x0, logdensity_fn, optimizer, max_iters, tol):
     return final.position, logdensity, grad_norm, final.iteration, grad_norm <= tol
 
 
-@partial(jax.jit, static_argnames=("logdensity_fn", "optimizer"))
+@partial(jax.jit, static_argnames=("optimizer",))
 def _minimize_all(init_positions, tol, max_iters, logdensity_fn, optimizer):
     run = partial(
         _minimize_one,
@@ -165,8 +166,9 @@ def find_mode(
 
     Parameters
     ----------
-    logdensity_fn : pure function ``(d,) -> scalar``; a static argument of the compiled
-        loop, so pass the same object to reuse the compilation.
+    logdensity_fn : pure function ``(d,) -> scalar``, or a
+        :class:`jax.tree_util.Partial` of one: the compiled loop is reused for the same
+        function (and, for a ``Partial``, new bound arrays of the same shapes).
     init_positions : (restarts, d) starting points (a single (d,) point is accepted).
     optimizer : an optax optimizer whose ``update`` accepts ``value``, ``grad`` and
         ``value_fn`` (default ``optax.lbfgs()``, zoom line search).
@@ -199,7 +201,7 @@ def find_mode(
     optimizer = _DEFAULT_LBFGS if optimizer is None else optimizer
     positions, logdensities, grad_norms, iterations, converged = _minimize_all(
         init_positions, jnp.asarray(tol, dtype=init_positions.dtype),
-        jnp.asarray(max_iters, dtype=jnp.int32), logdensity_fn, optimizer,
+        jnp.asarray(max_iters, dtype=jnp.int32), as_pytree_function(logdensity_fn), optimizer,
     )
     finite = np.isfinite(np.asarray(logdensities))
     if not finite.any():
@@ -218,6 +220,14 @@ def find_mode(
         grad_norm=grad_norms[best],
         all_converged=converged,
     )
+
+
+@jax.jit
+def _precision_and_factor(logdensity_fn, mode):
+    """The negative Hessian at ``mode`` (symmetrized) and its Cholesky factor."""
+    precision = -jax.hessian(logdensity_fn)(mode)
+    precision = 0.5 * (precision + precision.T)
+    return precision, jnp.linalg.cholesky(precision)
 
 
 def laplace_draws(
@@ -240,9 +250,7 @@ def laplace_draws(
     mode = jnp.asarray(mode)
     if mode.ndim != 1:
         raise ConfigurationError(f"mode must be a 1-D position, got shape {mode.shape}")
-    precision = -jax.hessian(logdensity_fn)(mode)
-    precision = 0.5 * (precision + precision.T)
-    factor = jnp.linalg.cholesky(precision)
+    precision, factor = _precision_and_factor(as_pytree_function(logdensity_fn), mode)
     if not bool(jnp.all(jnp.isfinite(factor))):
         eigenvalues = np.linalg.eigvalsh(np.asarray(precision)) if bool(
             jnp.all(jnp.isfinite(precision))

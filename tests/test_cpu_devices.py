@@ -1,0 +1,87 @@
+"""Every core by default: import hbm asks XLA for one CPU device per core, and
+chain_method="auto" shards the chains over the local devices (recorded on the Fit)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+import hbm
+from hbm.cpu_devices import FLAG, resolve_chain_method, usable_cores
+from hbm.models import eight_schools
+
+
+def test_auto_resolves_by_the_local_devices():
+    devices = len(jax.local_devices())  # 4 under tests/conftest.py
+    assert devices == 4
+    assert resolve_chain_method("auto", 4) == "sharded"
+    assert resolve_chain_method("auto", 6) == "sharded"  # 2 devices, 3 chains each
+    assert resolve_chain_method("auto", 3) == "vectorized"  # no even split
+    assert resolve_chain_method("auto", 1) == "vectorized"
+    for method in ("vectorized", "sequential", "sharded"):
+        assert resolve_chain_method(method, 4) == method
+
+
+def test_default_sample_is_sharded_and_says_so():
+    model, data = eight_schools()
+    # a fixed step size and metric: trajectories amplify rounding differences over
+    # many adapted iterations (see test_sample.py for the three methods side by side)
+    kwargs = dict(chains=2, warmup=0, step_size=0.4, draws=40, seed=5, progress=False)
+    fit = hbm.sample(model, data, **kwargs)
+    assert fit.info["chain_method"] == "sharded"
+    assert fit.info["requested_chain_method"] == "auto"
+    vectorized = hbm.sample(model, data, chain_method="vectorized", **kwargs)
+    assert vectorized.info["chain_method"] == "vectorized"
+    np.testing.assert_allclose(fit.posterior["theta"], vectorized.posterior["theta"],
+                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(fit.sample_stats["n_steps"],
+                                  vectorized.sample_stats["n_steps"])
+
+
+CHILD = textwrap.dedent("""
+    import json, os
+    import hbm, jax
+    print(json.dumps({"devices": len(jax.local_devices()),
+                      "flags": os.environ.get("XLA_FLAGS", "")}))
+""")
+
+STARTED_FIRST = textwrap.dedent("""
+    import json, jax, jax.numpy as jnp
+    jnp.zeros(1).block_until_ready()  # the CPU backend is running before hbm is imported
+    import hbm
+    print(json.dumps({"devices": len(jax.local_devices())}))
+""")
+
+
+def child(code=CHILD, **env_changes):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "HBM_CPU_DEVICES")}
+    env.update(env_changes)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_asks_for_one_device_per_core():
+    got = child()
+    assert got["devices"] == usable_cores()
+    if usable_cores() > 1:
+        assert f"{FLAG}={usable_cores()}" in got["flags"]
+
+
+@pytest.mark.parametrize(("env", "devices"), [
+    ({"HBM_CPU_DEVICES": "1"}, 1),                       # the opt-out
+    ({"HBM_CPU_DEVICES": "3"}, 3),                       # a chosen number
+    ({"XLA_FLAGS": f"{FLAG}=5"}, 5),                     # the user's own flag wins
+])
+def test_the_request_can_be_steered(env, devices):
+    assert child(**env)["devices"] == devices
+
+
+def test_a_running_backend_is_left_alone():
+    assert child(STARTED_FIRST)["devices"] == 1
