@@ -167,18 +167,21 @@ def _fast_leaf_uniform_agrees(dtype_name: str, key_shape: tuple, partitionable: 
     """Whether the unrolled hash reproduces ``jax.random`` here (checked once)."""
     if key_shape != (2,):
         return False
+    def both(key, index):
+        return (_jax_leaf_uniform(key, index, dtype_name),
+                _fast_leaf_uniform(key, index, dtype_name))
+
     try:
+        # one compiled comparison over a grid of keys and indices (eagerly, op by op, the
+        # unrolled hash costs seconds); evaluated now even when called while tracing
         with jax.ensure_compile_time_eval():
-            for seed in (0, 1, 12345):
-                key = jax.random.PRNGKey(seed)
-                for index in (0, 1, 2, 7, 1000):
-                    expected = _jax_leaf_uniform(key, index, dtype_name)
-                    actual = _fast_leaf_uniform(key, jnp.int32(index), dtype_name)
-                    if not bool(jnp.asarray(expected == actual)):
-                        return False
+            keys = jnp.stack([jax.random.PRNGKey(seed) for seed in (0, 1, 12345)])
+            indices = jnp.array([0, 1, 2, 7, 1000], jnp.int32)
+            grid = jax.jit(jax.vmap(jax.vmap(both, (None, 0)), (0, None)))
+            expected, actual = grid(keys, indices)
+            return bool(np.all(np.asarray(expected) == np.asarray(actual)))
     except Exception:  # noqa: BLE001 - any incompatibility means: use jax.random
         return False
-    return True
 
 
 def leaf_uniform(leaf_key, index, dtype):

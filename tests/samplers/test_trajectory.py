@@ -107,3 +107,21 @@ def test_deep_trees_agree_at_default_depth():
         _compare(new, info, ref_state, ref_info)
         depths.append(ref_info.tree_depth)
     assert max(depths) >= 8, depths
+
+
+def test_fast_leaf_uniform_is_used_and_equals_jax_random_inside_a_trace():
+    from hbm.samplers import trajectory
+
+    trajectory._fast_leaf_uniform_agrees.cache_clear()
+
+    @jax.jit
+    def uniforms(key, indices):  # the agreement check runs while this is traced
+        return jax.vmap(lambda i: trajectory.leaf_uniform(key, i, jnp.float64))(indices)
+
+    key, indices = jax.random.PRNGKey(42), jnp.arange(0, 4000, 37, dtype=jnp.int32)
+    got = uniforms(key, indices)
+    expected = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i),
+                                                     dtype=jnp.float64))(indices)
+    np.testing.assert_array_equal(got, expected)
+    assert trajectory._fast_leaf_uniform_agrees(
+        "float64", (2,), bool(jax.config.jax_threefry_partitionable))
