@@ -40,7 +40,8 @@ _EXPORTS = {
     "ConstraintError": "hbm.errors",
 }
 _SUBMODULES = ("dist", "constraints", "transforms", "datasets", "models", "diagnostics",
-               "samplers", "plots", "errors", "checkpoint", "reparam", "compilation_cache", "cpu_devices")
+               "samplers", "plots", "errors", "checkpoint", "reparam", "compilation_cache",
+               "cpu_devices")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

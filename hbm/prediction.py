@@ -74,7 +74,7 @@ import numpy as np
 from hbm.errors import ConfigurationError, DataError, ModelError
 from hbm.model import _as_data_dict, _convert_leaf, _Data, _node_fn, _Params
 
-__all__ = ["prior_predictive", "predict", "NEW_GROUP_MODES"]
+__all__ = ["prior_predictive", "predict", "posterior_predictive_draws", "NEW_GROUP_MODES"]
 
 NEW_GROUP_MODES = ("sample", "mean", "error")
 """How :func:`predict` treats groups that were not in the fitted data."""
@@ -332,7 +332,8 @@ def _one_draw_fn(model, nodes, new_groups):
     return one
 
 
-def _simulate(fit, data, new_groups: str, draws, seed) -> tuple[dict, dict, dict]:
+def posterior_predictive_draws(fit, data, new_groups: str, draws,
+                               seed) -> tuple[dict, dict, dict]:
     """Posterior predictive draws without touching the fit.
 
     Returns the draws ``{key: (chain, draw, *obs_shape)}``, the converted data they were
@@ -419,7 +420,7 @@ def predict(fit, data=None, *, new_groups: str = "sample", draws: int | None = N
         ``fit.predictions_constant_data``), and the new groups' names in
         ``fit.info["predict_new_groups"]``.
     """
-    result, new_data, groups = _simulate(fit, data, new_groups, draws, seed)
+    result, new_data, groups = posterior_predictive_draws(fit, data, new_groups, draws, seed)
     if data is None:
         fit.posterior_predictive = result
     else:

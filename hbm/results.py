@@ -296,9 +296,9 @@ class Fit:
         arviz = load_arviz()
         replicated = None
         if posterior_predictive:
-            from hbm.prediction import _simulate
+            from hbm.prediction import posterior_predictive_draws
 
-            replicated = _simulate(self, None, "sample", None, seed)[0]
+            replicated = posterior_predictive_draws(self, None, "sample", None, seed)[0]
         inputs = self._arviz_inputs(replicated)
         save_warmup = "warmup_sample_stats" in inputs.groups
         predictions = {g: a for g, a in inputs.groups.items() if g in _PREDICTION_GROUPS}
