@@ -780,27 +780,20 @@ def _constrain_draws(bound: BoundModel, xs, store_log_likelihood=True):
     return params, loglik
 
 
-def _names_of_indices(bound: BoundModel, indices) -> list[str]:
-    names = []
+def _describe_indices(bound: BoundModel, indices, params: dict | None = None) -> list:
+    """``(label, value)`` for each flat unconstrained index: the element's name and, with
+    ``params``, its constrained value where the node's transform keeps its shape
+    (elementwise maps; ``None`` otherwise)."""
+    described = []
     for i in indices:
         for n in bound.nodes:
             if n.offset <= i < n.offset + n.size:
                 label = n.name if n.size == 1 else f"{n.name}[{i - n.offset}]"
-                names.append(label)
-    return names
-
-
-def _constrained_values_of_indices(bound: BoundModel, params: dict, indices) -> list:
-    """The constrained value behind each flat unconstrained index, where the node's
-    transform keeps its shape (elementwise maps); ``None`` otherwise."""
-    values = []
-    for i in indices:
-        value = None
-        for n in bound.nodes:
-            if n.offset <= i < n.offset + n.size and n.shape == n.unconstrained_shape:
-                value = float(np.ravel(params[n.name])[i - n.offset])
-        values.append(value)
-    return values
+                value = None
+                if params is not None and n.shape == n.unconstrained_shape:
+                    value = float(np.ravel(params[n.name])[i - n.offset])
+                described.append((label, value))
+    return described
 
 
 def _observed(bound):
@@ -952,8 +945,8 @@ def find_map(model: Model, data=None, *, jacobian: bool = False, optimizer=None,
                                   np.asarray(result.all_logdensities), -np.inf)))
     mode_params = {k: v[0, best] for k, v in restart_params.items()}
     spread = {k: float(np.max(np.ptp(v[0], axis=0))) for k, v in restart_params.items()}
-    boundary = _names_of_indices(bound, report.indices)
-    at_values = _constrained_values_of_indices(bound, mode_params, report.indices)
+    described = _describe_indices(bound, report.indices, mode_params)
+    boundary = [label for label, _ in described]
     info = dict(
         jacobian=bool(jacobian), logdensity=float(result.logdensity),
         converged=bool(result.converged), num_iterations=np.asarray(result.num_iterations),
@@ -967,7 +960,7 @@ def find_map(model: Model, data=None, *, jacobian: bool = False, optimizer=None,
     )
     if boundary:
         where = ", ".join(f"{name} = {value:.3g}" if value is not None else name
-                          for name, value in zip(boundary, at_values))
+                          for name, value in described)
         warnings.warn(f"the mode lies on the boundary of the parameter space at "
                       f"{where}: {report.reason}. The reported mode is only "
                       "where the optimizer stopped; a group scale whose MAP collapses to 0 "

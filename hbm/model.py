@@ -892,16 +892,11 @@ class BoundModel:
             if n.locscale:
                 # a centered node with an exp link (LogNormal) is a log scale; any other
                 # location-scale coordinate is an unbounded location or a standardized z
-                below[span] = n.mode == "centered" and self._link(n) == "exp"
+                below[span] = n.mode == "centered" and self._links[n.name] == "exp"
             else:
                 lo, hi = n.transform.finite_limits(n.unconstrained_shape)
                 below[span], above[span] = np.ravel(lo), np.ravel(hi)
         return below, above
-
-    def _link(self, node) -> str:
-        """The link of a location-scale node's standardized form (``"identity"`` or
-        ``"exp"``), read off the distribution at placeholder parameter values."""
-        return self._links[node.name]
 
     def unravel(self, x) -> dict:
         """Flat unconstrained vector -> dict of unconstrained arrays."""
