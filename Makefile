@@ -52,9 +52,20 @@ endif
 demo: $(STAMP)
 	$(BIN)/hbm demo
 
-bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[bench,stan]"
-	$(BIN)/python -m benchmarks.ess_per_second --out bench-out
+# Benchmarks run in their own venv: the peers (BlackJAX, NumPyro, nutpie + PyMC, pystan)
+# are optional extras, never dependencies of the package or its tests.
+VENV_BENCH := .venv-bench
+PYTHON_BENCH ?= $(PYTHON)
+
+$(VENV_BENCH)/.installed: pyproject.toml
+	$(PYTHON_BENCH) -m venv $(VENV_BENCH)
+	$(VENV_BENCH)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_BENCH)/bin/python -m pip install --quiet -e ".[bench,stan]"
+	touch $@
+
+bench: $(VENV_BENCH)/.installed
+	$(VENV_BENCH)/bin/python -m benchmarks.ess_per_second --repeats 3 --out bench-out
+	$(VENV_BENCH)/bin/python -m benchmarks.cold_start --repeats 3 --out bench-out
 
 clean:
-	rm -rf $(VENV) $(VENV312) hbm-demo .pytest_cache
+	rm -rf $(VENV) $(VENV312) $(VENV_BENCH) hbm-demo .pytest_cache

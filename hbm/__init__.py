@@ -26,6 +26,9 @@ _EXPORTS = {
     "predict": "hbm.prediction",
     "prior_predictive": "hbm.prediction",
     "map_vs_mean": "hbm.compare",
+    "study": "hbm.studies",
+    "sbc": "hbm.studies",
+    "formula": "hbm.formulas",
     # results
     "Fit": "hbm.results",
     "HbmWarning": "hbm.diagnostics",

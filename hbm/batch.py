@@ -7,10 +7,10 @@ per shape and streams batches of data sets through it:
 
 * :func:`build_batched_map`: L-BFGS (the pure loop of :mod:`hbm.samplers.optimize`) from
   several restarts per data set, the best finite restart kept, all on the device.
-* :func:`build_batched_nuts`: per chain, Stan's windowed warmup
-  (:func:`~hbm.samplers.adaptation.warmup_init` / ``warmup_step`` / ``warmup_final``) and
-  multinomial NUTS (:func:`~hbm.samplers.nuts.build_kernel`), then the draws are reduced on
-  the device to per-data-set summaries (:func:`summarize_draws`), so only
+* :func:`build_batched_nuts`: per chain, the engine's warmup + sampling program
+  (:func:`hbm.inference.engine.build_chain_program`, the one :func:`hbm.sample` runs:
+  Stan's windowed warmup and multinomial NUTS), then the draws are reduced on the device
+  to per-data-set summaries (:func:`summarize_draws`), so only
   ``O(data sets x parameters)`` numbers leave it, never the draws.
 
 R-hat here is the classic split R-hat (Gelman et al. 2013, "Bayesian Data Analysis", 3rd
@@ -40,6 +40,7 @@ __all__ = [
     "BatchMAP",
     "build_batched_map",
     "build_batched_nuts",
+    "build_chain_draws",
     "stack_datasets",
     "dataset_keys",
     "BatchNUTS",
@@ -85,6 +86,10 @@ class DrawSummary(NamedTuple):
     median: jax.Array
     q95: jax.Array
     rhat: jax.Array
+    # rank-normalized split R-hat and bulk ESS (Vehtari et al. 2021), by
+    # hbm.study_diagnostics; None where a DrawSummary is built without them
+    rhat_rank: jax.Array | None = None
+    ess_bulk: jax.Array | None = None
 
 
 def split_rhat(draws: jax.Array) -> jax.Array:
@@ -107,12 +112,15 @@ def split_rhat(draws: jax.Array) -> jax.Array:
 
 def summarize_draws(draws: jax.Array) -> DrawSummary:
     """Mean, sd, 5/50/95% quantiles (linear interpolation, as ``numpy.quantile``) and
-    split R-hat of ``draws`` shaped ``(chains, n, k)``."""
+    split R-hat of ``draws`` shaped ``(chains, n, k)``, and the rank-normalized split
+    R-hat and bulk ESS of :mod:`hbm.study_diagnostics`."""
+    from hbm.study_diagnostics import ess_bulk, rank_normalized_rhat
+
     chains, n, k = draws.shape
     pooled = draws.reshape(chains * n, k)
     q05, median, q95 = jnp.quantile(pooled, jnp.asarray([0.05, 0.5, 0.95]), axis=0)
     return DrawSummary(pooled.mean(axis=0), pooled.std(axis=0, ddof=1), q05, median, q95,
-                       split_rhat(draws))
+                       split_rhat(draws), rank_normalized_rhat(draws), ess_bulk(draws))
 
 
 def stack_datasets(datasets: list[dict]) -> dict:
@@ -176,7 +184,7 @@ def build_batched_map(bound, *, jacobian: bool = False, restarts: int = 4,
     run(keys (S,), batched_data, shared_data) -> BatchMAP, jitted; ``run.traces()`` counts
     how often it was traced (compiled).
     """
-    from hbm.samplers.optimize import _DEFAULT_LBFGS, _minimize_one
+    from hbm.samplers.optimize import DEFAULT_OPTIMIZER, minimize
 
     restarts = int(restarts)
     if restarts < 1:
@@ -191,11 +199,11 @@ def build_batched_map(bound, *, jacobian: bool = False, restarts: int = 4,
         dtype = jnp.result_type(float)
         inits = jax.random.uniform(key, (restarts, bound.size), dtype, -radius, radius)
 
-        def minimize(x0):
-            return _minimize_one(x0, logdensity_fn, _DEFAULT_LBFGS, max_iters,
-                                 jnp.asarray(tol, dtype))
+        def from_start(x0):
+            return minimize(x0, logdensity_fn, DEFAULT_OPTIMIZER, max_iters,
+                            jnp.asarray(tol, dtype))
 
-        positions, logdensities, grad_norms, _, converged = jax.vmap(minimize)(inits)
+        positions, logdensities, grad_norms, _, converged = jax.vmap(from_start)(inits)
         best = jnp.argmax(jnp.where(jnp.isfinite(logdensities), logdensities, -jnp.inf))
         position = positions[best]
         return BatchMAP(position, _flat_constrained(bound, position, data),
@@ -220,6 +228,41 @@ class BatchNUTS(NamedTuple):
     step_size: jax.Array
 
 
+def build_chain_draws(bound, *, warmup: int = 1000, draws: int = 1000,
+                      max_tree_depth: int = 10, target_accept: float = 0.8,
+                      dense_mass: bool = False, radius: float = 2.0) -> Callable:
+    """One chain of the engine's NUTS run (Stan's warmup, then ``draws`` transitions) on
+    the data passed to it: ``one_chain(key, data) -> (values (draws, k) constrained in
+    :func:`constrained_layout` order, divergences, mean gradient evaluations per draw,
+    step size)``. Pure: vmap it over chains and data sets."""
+    from hbm.inference.engine import (build_chain_program, no_adaptation,
+                                      schedule_for_chunks, slice_schedule)
+    from hbm.inference.settings import KernelSettings
+
+    warmup, draws = int(warmup), int(draws)
+    program = build_chain_program(
+        lambda x, data, weights: bound.logdensity(x, data),
+        KernelSettings(int(max_tree_depth), float(target_accept),
+                       metric="dense" if dense_mass else "diag"))
+    warmup_flags = slice_schedule(schedule_for_chunks("stan", warmup, max(warmup, 1)), 0,
+                                  warmup)
+
+    def one_chain(key, data):
+        init_key, search_key, warmup_key, draw_key = jax.random.split(key, 4)
+        dtype = jnp.result_type(float)
+        position = jax.random.uniform(init_key, (bound.size,), dtype, -radius, radius)
+        state = program.init(search_key, position, data, None, None)
+        if warmup > 0:
+            state, _ = program.run(state, warmup_key, 0, warmup, True, warmup_flags, data,
+                                   None)
+        state, out = program.run(state, draw_key, 0, draws, False, no_adaptation(draws),
+                                 data, None)
+        values = jax.vmap(lambda x: _flat_constrained(bound, x, data))(out["position"])
+        return values, out["diverging"].sum(), out["n_steps"].mean(), state.step_size
+
+    return one_chain
+
+
 def build_batched_nuts(bound, *, chains: int = 4, warmup: int = 1000, draws: int = 1000,
                        max_tree_depth: int = 10, target_accept: float = 0.8,
                        dense_mass: bool = False, radius: float = 2.0) -> Callable:
@@ -241,46 +284,13 @@ def build_batched_nuts(bound, *, chains: int = 4, warmup: int = 1000, draws: int
     run(keys (S,), batched_data, shared_data) -> BatchNUTS, jitted; ``run.traces()``
     counts how often it was traced (compiled).
     """
-    from hbm.samplers import adaptation, nuts
-
     chains, warmup, draws = int(chains), int(warmup), int(draws)
     if chains < 1 or warmup < 0 or draws < 4:
         raise ConfigurationError("need chains >= 1, warmup >= 0 and draws >= 4")
-    kernel = nuts.build_kernel(max_tree_depth=max_tree_depth)
-    schedule = adaptation.build_schedule(warmup)
+    one_chain = build_chain_draws(bound, warmup=warmup, draws=draws,
+                                  max_tree_depth=max_tree_depth, target_accept=target_accept,
+                                  dense_mass=dense_mass, radius=radius)
     traces = [0]
-
-    def one_chain(key, data):
-        logdensity_fn = lambda x: bound.logdensity(x, data)  # noqa: E731
-        init_key, search_key, warmup_key, draw_key = jax.random.split(key, 4)
-        dtype = jnp.result_type(float)
-        position = jax.random.uniform(init_key, (bound.size,), dtype, -radius, radius)
-        state = adaptation.warmup_init(search_key, position, logdensity_fn,
-                                       dense_mass=dense_mass, target_accept=target_accept)
-        sched = adaptation.Schedule(jnp.asarray(schedule.stage),
-                                    jnp.asarray(schedule.window_end))
-
-        def warmup_body(st, i):
-            st, _ = adaptation.warmup_step(jax.random.fold_in(warmup_key, i), st,
-                                           logdensity_fn, sched, kernel=kernel,
-                                           target_accept=target_accept,
-                                           dense_mass=dense_mass)
-            return st, None
-
-        if warmup > 0:
-            state, _ = jax.lax.scan(warmup_body, state, jnp.arange(warmup))
-        step_size, inverse_mass_matrix = adaptation.warmup_final(state)
-
-        def draw_body(hmc_state, i):
-            hmc_state, info = kernel(jax.random.fold_in(draw_key, i), hmc_state,
-                                     logdensity_fn, step_size, inverse_mass_matrix)
-            out = (_flat_constrained(bound, hmc_state.position, data), info.is_divergent,
-                   info.num_steps)
-            return hmc_state, out
-
-        _, (values, divergent, steps) = jax.lax.scan(draw_body, state.hmc_state,
-                                                     jnp.arange(draws))
-        return values, divergent.sum(), steps.mean(), step_size
 
     def one_dataset(key, batched, shared):
         data = _merge(shared, batched)

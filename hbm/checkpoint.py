@@ -49,7 +49,8 @@ FORMAT_VERSION = 2
 INDEX = "checkpoint.json"
 PREVIOUS = "checkpoint.prev.json"
 
-__all__ = ["CheckpointError", "save", "load", "check_new", "FORMAT_VERSION"]
+__all__ = ["CheckpointError", "save", "load", "check_new", "atomic_write", "npz_bytes",
+           "FORMAT_VERSION"]
 
 
 class CheckpointError(HbmError, ValueError):
@@ -75,7 +76,9 @@ def _fsync_dir(directory: pathlib.Path):
         os.close(fd)
 
 
-def _atomic_write(path: pathlib.Path, payload: bytes):
+def atomic_write(path: pathlib.Path, payload: bytes):
+    """Write ``payload`` to ``path`` atomically: a temporary file, flushed and fsynced,
+    renamed over it."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(payload)
@@ -84,7 +87,8 @@ def _atomic_write(path: pathlib.Path, payload: bytes):
     os.replace(tmp, path)
 
 
-def _npz_bytes(arrays: dict) -> bytes:
+def npz_bytes(arrays: dict) -> bytes:
+    """``arrays`` as the bytes of an ``.npz`` file."""
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     return buf.getvalue()
@@ -171,8 +175,8 @@ def save(path, meta: dict, state: dict, new_draws: dict | None = None,
     if old is not None and old.get("data_file"):
         data_file = old["data_file"]
     else:
-        _atomic_write(directory / "data.npz",
-                      _npz_bytes({f"data/{k}": v for k, v in (data or {}).items()}))
+        atomic_write(directory / "data.npz",
+                      npz_bytes({f"data/{k}": v for k, v in (data or {}).items()}))
         data_file = {"file": "data.npz", "sha256": _sha256(directory / "data.npz")}
     draws_files = list(old["draws_files"]) if old else []
     counter = (old["counter"] + 1) if old else 0
@@ -183,19 +187,19 @@ def save(path, meta: dict, state: dict, new_draws: dict | None = None,
             if not arrays:
                 continue
             name = f"{group}-{len(draws_files):05d}.nc"
-            _atomic_write(directory / name, _netcdf_bytes(arrays, first_draw, dims or {}))
+            atomic_write(directory / name, _netcdf_bytes(arrays, first_draw, dims or {}))
             files[group] = {"file": name, "sha256": _sha256(directory / name)}
             count = next(iter(arrays.values())).shape[1]
         draws_files.append({"draws": count, "files": files})
     state_name = f"state-{counter:06d}.npz"
-    _atomic_write(directory / state_name, _npz_bytes(state))
+    atomic_write(directory / state_name, npz_bytes(state))
     index = dict(meta, format_version=FORMAT_VERSION, counter=counter,
                  state_file={"file": state_name, "sha256": _sha256(directory / state_name)},
                  data_file=data_file, draws_files=draws_files)
     payload = json.dumps(index, indent=1, default=_json_default).encode()
     if old is not None:
         os.replace(index_path, directory / PREVIOUS)
-    _atomic_write(index_path, payload)
+    atomic_write(index_path, payload)
     _fsync_dir(directory)
     # keep the state files of the current and the previous checkpoint only
     keep = {state_name, old["state_file"]["file"] if old else None}

@@ -1,5 +1,5 @@
-"""The ``hbm`` command: ``hbm demo``, ``hbm fit MODEL``, ``hbm resume DIR MODEL``,
-``hbm models``.
+"""The ``hbm`` command: ``hbm demo``, ``hbm fit MODEL``, ``hbm fit --formula "y ~ x +
+(1 | g)" --data file.csv --family gaussian``, ``hbm resume DIR MODEL``, ``hbm models``.
 
 Errors raised by hbm are printed as one clear line (exit status 2), not a traceback.
 """
@@ -157,7 +157,12 @@ def _fit(args) -> int:
     import hbm
     from hbm.errors import ConfigurationError
 
-    model, data = _load_model(args.model, args.data)
+    if args.formula is not None:
+        model, data = _formula_model(args)
+    elif args.model is None:
+        raise ConfigurationError("hbm fit needs a MODEL or --formula (with --data)")
+    else:
+        model, data = _load_model(args.model, args.data)
     kwargs = {}
     if args.method in ("nuts", "auto"):
         kwargs = dict(chains=args.chains, warmup=args.warmup, draws=args.draws)
@@ -167,6 +172,22 @@ def _fit(args) -> int:
         kwargs.update(checkpoint=args.checkpoint, store=args.store)
     result = hbm.fit(model, data, method=args.method, seed=args.seed, **kwargs)
     return _report(result, args.out)
+
+
+def _formula_model(args):
+    """``hbm fit --formula "y ~ x + (1 | g)" --data file.csv --family ...``."""
+    import hbm
+    from hbm.errors import ConfigurationError
+
+    if args.model is not None:
+        raise ConfigurationError("give either a MODEL or --formula, not both")
+    if args.data is None:
+        raise ConfigurationError("--formula needs --data file.csv")
+    import pandas as pd
+
+    df = pd.read_csv(args.data)
+    return hbm.formula(args.formula, df, family=args.family, link=args.link,
+                       na_action=args.na_action)
 
 
 def _resume(args) -> int:
@@ -215,9 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
 
-    fit = sub.add_parser("fit", help="fit a library model or path/file.py:function")
-    fit.add_argument("model")
+    fit = sub.add_parser("fit", help="fit a library model, path/file.py:function, or "
+                                     "--formula with --data")
+    fit.add_argument("model", nargs="?", default=None)
     fit.add_argument("--data", default=None, help="CSV file passed to the model function")
+    fit.add_argument("--formula", default=None,
+                     help='an lme4/brms formula, e.g. "Reaction ~ Days + (Days | Subject)", '
+                          "fitted to the --data CSV (see hbm.formula)")
+    fit.add_argument("--family", default="gaussian", help="--formula: the response family")
+    fit.add_argument("--link", default=None, help="--formula: the link (family default)")
+    fit.add_argument("--na-action", dest="na_action", default="error",
+                     choices=["error", "drop"], help="--formula: rows with missing values")
     fit.add_argument("--method", default="nuts",
                      choices=["auto", "nuts", "advi", "map", "laplace"])
     fit.add_argument("--chains", type=int, default=4)

@@ -122,10 +122,10 @@ def test_damaged_checkpoint_is_refused_and_previous_stays_readable(tmp_path):
 
 
 def test_keyboard_interrupt_returns_partial_fit(monkeypatch):
-    import hbm.inference as inference
+    import hbm.inference.checkpointing as inference
 
     model, data = hbm.models.eight_schools()
-    original = inference._save_checkpoint
+    original = inference.save
     calls = {"n": 0}
 
     def interrupt(run, path, new_draws=None):
@@ -133,7 +133,7 @@ def test_keyboard_interrupt_returns_partial_fit(monkeypatch):
             raise KeyboardInterrupt
         calls["n"] += 1
 
-    monkeypatch.setattr(inference, "_save_checkpoint", interrupt)
+    monkeypatch.setattr(inference, "save", interrupt)
     import warnings
 
     with warnings.catch_warnings():
@@ -237,9 +237,9 @@ def test_new_run_refuses_to_overwrite_a_checkpoint(tmp_path):
 
 
 def test_failure_during_warmup_names_the_phase_and_the_checkpoint(monkeypatch, tmp_path):
-    import hbm.inference as inference
+    import hbm.inference.engine as inference
 
-    build = inference._build_programs
+    build = inference.compile_programs
     calls = {"n": 0}
 
     def failing_build(*args, **kwargs):
@@ -253,7 +253,7 @@ def test_failure_during_warmup_names_the_phase_and_the_checkpoint(monkeypatch, t
 
         return programs._replace(chunk=chunk)
 
-    monkeypatch.setattr(inference, "_build_programs", failing_build)
+    monkeypatch.setattr(inference, "compile_programs", failing_build)
     model, data = hbm.models.eight_schools()
     with pytest.raises(hbm.SamplingError, match=r"during warmup \(iteration 40 of 200\): "
                                                 r"RuntimeError: RESOURCE_EXHAUSTED.*no draws "

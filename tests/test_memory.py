@@ -23,11 +23,11 @@ def _model():
 def _live_device_bytes_per_chunk(monkeypatch, draws, **kwargs):
     """Bytes of all live JAX arrays each time a sampling chunk reaches the host; checks
     that every draw is constrained on the device as part of a chunk, never all at once."""
-    import hbm.inference as inference
+    import hbm.inference.engine as inference
 
     seen, emitted = [], []
     write = DrawBuffer.write
-    build = inference._build_programs
+    build = inference.compile_programs
 
     def recording_build(*args, **kw):
         programs = build(*args, **kw)
@@ -44,7 +44,7 @@ def _live_device_bytes_per_chunk(monkeypatch, draws, **kwargs):
         write(self, groups, offset)
 
     monkeypatch.setattr(DrawBuffer, "write", recording_write)
-    monkeypatch.setattr(inference, "_build_programs", recording_build)
+    monkeypatch.setattr(inference, "compile_programs", recording_build)
     gc.collect()  # arrays of earlier tests: freed now, not at random points of the run
     gc.disable()
     try:
@@ -56,7 +56,7 @@ def _live_device_bytes_per_chunk(monkeypatch, draws, **kwargs):
     finally:
         gc.enable()
     monkeypatch.setattr(DrawBuffer, "write", write)
-    monkeypatch.setattr(inference, "_build_programs", build)
+    monkeypatch.setattr(inference, "compile_programs", build)
     assert all(isinstance(v, np.ndarray) for v in fit.posterior.values())
     del fit.info["last_position"]  # numpy, but drop every reference to the run
     after = sum(a.nbytes for a in jax.live_arrays())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from hbm import dist
+from hbm.grouping import take_groups
 from hbm.models._common import build, frame, group_codes, numeric, population_prior, scale
 
 
@@ -54,7 +55,9 @@ def insteval(df=None):
         mean = (
             p["beta"][0]
             + p["beta"][1] * d["service"]
-            + p["s_effect"][d["s"]]
+            # rows are sorted by student: the scatter-add of this term's gradient is
+            # a long dependent chain per student, which take_groups splits into lanes
+            + take_groups(p["s_effect"], d["s"])
             + p["d_effect"][d["d"]]
             + p["dept_effect"][d["dept"]]
         )

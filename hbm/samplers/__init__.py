@@ -8,7 +8,6 @@ from hbm.samplers.adaptation import (
     build_schedule,
     dual_averaging,
     find_reasonable_step_size,
-    run_nuts,
     warmup_final,
     warmup_init,
     warmup_step,
@@ -16,7 +15,8 @@ from hbm.samplers.adaptation import (
     welford_variance,
 )
 from hbm.samplers.integrators import IntegratorState, velocity_verlet
-from hbm.samplers.metrics import Metric, gaussian_euclidean
+from hbm.samplers.lockstep_free import run_lockstep_free
+from hbm.samplers.metrics import LowRankInverseMass, Metric, gaussian_euclidean, metric_from
 from hbm.samplers.nuts import HMCState, NUTSInfo, build_kernel, init
 from hbm.samplers.trajectory import TrajectoryResult, build_trajectory
 
@@ -24,6 +24,7 @@ __all__ = [
     "DualAveragingState",
     "HMCState",
     "IntegratorState",
+    "LowRankInverseMass",
     "Metric",
     "NUTSInfo",
     "Schedule",
@@ -37,7 +38,8 @@ __all__ = [
     "find_reasonable_step_size",
     "gaussian_euclidean",
     "init",
-    "run_nuts",
+    "metric_from",
+    "run_lockstep_free",
     "velocity_verlet",
     "warmup_final",
     "warmup_init",

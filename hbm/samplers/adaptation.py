@@ -22,7 +22,6 @@ Every piece is pure and per chain; pieces follow optax's ``(init, update, final)
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
@@ -33,7 +32,7 @@ from jax import lax
 from hbm.errors import ConfigurationError
 from hbm.samplers.integrators import IntegratorState, velocity_verlet
 from hbm.samplers.metrics import gaussian_euclidean
-from hbm.samplers.nuts import HMCState, NUTSInfo, build_kernel, init as hmc_init
+from hbm.samplers.nuts import HMCState, NUTSInfo, init as hmc_init
 
 __all__ = [
     "find_reasonable_step_size",
@@ -49,7 +48,8 @@ __all__ = [
     "warmup_adapt",
     "warmup_step",
     "warmup_final",
-    "run_nuts",
+    "metric_estimator",
+    "stan_flags",
 ]
 
 _LOG_TARGET_ONE_STEP = float(np.log(0.8))
@@ -301,14 +301,64 @@ def build_schedule(
 
 
 class WarmupState(NamedTuple):
-    """Per-chain warmup state."""
+    """Per-chain warmup state. ``inverse_mass_matrix`` is the metric's representation (a
+    diagonal, a dense matrix or a :class:`~hbm.samplers.metrics.LowRankInverseMass`);
+    ``metric_state`` is the estimator's state."""
 
     hmc_state: HMCState
     step_size: jax.Array
-    inverse_mass_matrix: jax.Array
+    inverse_mass_matrix: object
     da_state: DualAveragingState
-    welford_state: WelfordState
+    metric_state: object
     iteration: jax.Array
+
+
+class _SingleEstimator(NamedTuple):
+    """One estimator restarted after each window (Stan); ``switch`` does nothing."""
+
+    init: Callable
+    update: Callable
+    final: Callable
+    initial: Callable
+    switch: Callable
+    restart: Callable
+    name: str
+
+
+def metric_estimator(metric: str = "diag", schedule: str = "stan", **options):
+    """The estimator of ``metric`` (:func:`hbm.samplers.mass_matrix.build_metric_adapter`)
+    with ``switch``/``restart``: two overlapping copies where ``schedule`` switches
+    estimators (``"early"``), one copy restarted after each window otherwise."""
+    from hbm.samplers import mass_matrix
+
+    adapter = mass_matrix.build_metric_adapter(metric, **options)
+    if schedule == "early":
+        return mass_matrix.overlapping(adapter)
+
+    def restart(state):
+        return jax.tree.map(jnp.zeros_like, state)
+
+    return _SingleEstimator(adapter.init, adapter.update, adapter.final, adapter.initial,
+                            lambda state: state, restart, adapter.name)
+
+
+def _default_estimator(dense_mass: bool, estimator):
+    if estimator is not None:
+        return estimator
+    return metric_estimator("dense" if dense_mass else "diag")
+
+
+def stan_flags(stage, window_end):
+    """Stan's window schedule ``(stage, window_end)`` as the per-iteration flags of
+    :class:`hbm.samplers.schedules.WarmupSchedule`."""
+    from hbm.samplers.schedules import WarmupSchedule
+
+    stage, window_end = jnp.asarray(stage), jnp.asarray(window_end)
+    return WarmupSchedule(adapt_step_size=jnp.ones_like(window_end),
+                          accumulate_metric=stage == 1,
+                          switch_estimator=jnp.zeros_like(window_end),
+                          update_metric=window_end, restart_estimator=window_end,
+                          restart_step_size=window_end)
 
 
 def warmup_init(
@@ -316,11 +366,13 @@ def warmup_init(
     position,
     logdensity_fn: Callable,
     *,
-    dense_mass: bool,
+    dense_mass: bool = False,
     initial_step_size=None,
     target_accept: float = 0.8,
+    estimator=None,
 ) -> WarmupState:
-    """Start warmup at ``position`` with a unit metric and the heuristic step size.
+    """Start warmup at ``position`` with the estimator's initial metric (Stan's: the unit
+    metric) and the heuristic step size.
 
     Parameters
     ----------
@@ -331,26 +383,27 @@ def warmup_init(
     logdensity_fn
         Target log density.
     dense_mass
-        Estimate a dense (True) or diagonal (False) inverse mass matrix.
+        Without ``estimator``: Stan's dense (True) or diagonal (False) estimate.
     initial_step_size
         If given, used as is; otherwise :func:`find_reasonable_step_size` from 1.0.
+    estimator
+        A :func:`metric_estimator` (default: Stan's, by ``dense_mass``).
     """
+    estimator = _default_estimator(dense_mass, estimator)
     hmc_state = hmc_init(position, logdensity_fn)
     dtype = jnp.result_type(hmc_state.position)
-    dim = hmc_state.position.shape[0]
-    inverse_mass_matrix = jnp.eye(dim, dtype=dtype) if dense_mass else jnp.ones(dim, dtype)
+    inverse_mass_matrix = estimator.initial(hmc_state.position, hmc_state.logdensity_grad)
     if initial_step_size is None:
         step_size = find_reasonable_step_size(key, hmc_state, logdensity_fn, inverse_mass_matrix)
     else:
         step_size = jnp.asarray(initial_step_size, dtype)
     da_init, _, _ = dual_averaging(target_accept)
-    welford_init, _, _ = welford_variance(dense_mass)
     return WarmupState(
         hmc_state,
         step_size,
         inverse_mass_matrix,
         da_init(step_size),
-        welford_init(dim, dtype),
+        estimator.init(hmc_state.position),
         jnp.zeros((), jnp.int32),
     )
 
@@ -365,50 +418,50 @@ def warmup_adapt(
     hmc_state: HMCState,
     info: NUTSInfo,
     logdensity_fn: Callable,
-    stage,
-    window_end,
+    flags,
     is_last,
     *,
     target_accept: float = 0.8,
-    dense_mass: bool,
+    estimator,
 ) -> WarmupState:
-    """Stan's adaptation updates after one warmup transition that produced ``hmc_state``.
+    """The adaptation updates after one warmup transition that produced ``hmc_state``.
 
-    ``stage`` (0 fast, 1 slow), ``window_end`` and ``is_last`` (the last warmup iteration)
-    are this iteration's entries of the schedule, so the compiled update does not depend on
-    the length of warmup.
+    ``flags`` is this iteration's row of a :class:`hbm.samplers.schedules.WarmupSchedule`,
+    applied in its documented order: dual averaging, feeding the estimator (position and
+    gradient), switching estimators, a new metric, restarting the estimator, and a new
+    step-size search with dual averaging restarted at ``mu = log(10 * step_size)`` (as in
+    Stan's ``adapt_diag_e_nuts::transition``). ``is_last`` (the last warmup iteration)
+    switches to the averaged step size unless the search just ran. The flags are
+    arguments, so the compiled update does not depend on the length of warmup.
     """
-    _, da_update, da_final = dual_averaging(target_accept)
-    da_init, _, _ = dual_averaging(target_accept)
-    welford_init, welford_update, welford_final = welford_variance(dense_mass)
-    da_state = da_update(warmup_state.da_state, info.acceptance_rate)
-    step_size = jnp.exp(da_state.log_step_size)
-
-    welford_state = _select(
-        stage == 1,
-        welford_update(warmup_state.welford_state, hmc_state.position),
-        warmup_state.welford_state,
+    da_init, da_update, da_final = dual_averaging(target_accept)
+    da_state = _select(flags.adapt_step_size,
+                       da_update(warmup_state.da_state, info.acceptance_rate),
+                       warmup_state.da_state)
+    step_size = jnp.where(flags.adapt_step_size, jnp.exp(da_state.log_step_size),
+                          warmup_state.step_size)
+    metric_state = _select(
+        flags.accumulate_metric,
+        estimator.update(warmup_state.metric_state, hmc_state.position,
+                         hmc_state.logdensity_grad),
+        warmup_state.metric_state,
     )
-
-    # end of a slow window: new metric, fresh estimator, step-size search, restart averaging
-    inverse_mass_matrix = jnp.where(
-        window_end, welford_final(welford_state), warmup_state.inverse_mass_matrix
-    )
-    dim = hmc_state.position.shape[0]
-    welford_state = _select(
-        window_end, welford_init(dim, welford_state.mean.dtype), welford_state
-    )
+    metric_state = _select(flags.switch_estimator, estimator.switch(metric_state),
+                           metric_state)
+    inverse_mass_matrix = jax.lax.cond(flags.update_metric, estimator.final,
+                                       lambda _: warmup_state.inverse_mass_matrix,
+                                       metric_state)
+    metric_state = _select(flags.restart_estimator, estimator.restart(metric_state),
+                           metric_state)
+    restart = flags.restart_step_size
     searched = _search_step_size(
-        key, hmc_state, logdensity_fn, inverse_mass_matrix, step_size, window_end
+        key, hmc_state, logdensity_fn, inverse_mass_matrix, step_size, restart
     )
-    step_size = jnp.where(window_end, searched, step_size)
-    da_state = _select(window_end, da_init(step_size), da_state)
-
-    # the last iteration switches to the averaged step size (unless a window just closed,
-    # in which case averaging has restarted and the searched step size is kept)
-    step_size = jnp.where(is_last & ~window_end, da_final(da_state), step_size)
+    step_size = jnp.where(restart, searched, step_size)
+    da_state = _select(restart, da_init(step_size), da_state)
+    step_size = jnp.where(is_last & ~restart, da_final(da_state), step_size)
     return WarmupState(
-        hmc_state, step_size, inverse_mass_matrix, da_state, welford_state,
+        hmc_state, step_size, inverse_mass_matrix, da_state, metric_state,
         warmup_state.iteration + 1
     )
 
@@ -417,13 +470,14 @@ def warmup_step(
     key,
     warmup_state: WarmupState,
     logdensity_fn: Callable,
-    schedule_arrays: Schedule,
+    schedule_arrays,
     *,
     kernel: Callable,
     target_accept: float = 0.8,
-    dense_mass: bool,
+    dense_mass: bool = False,
+    estimator=None,
 ) -> tuple[WarmupState, NUTSInfo]:
-    """One warmup iteration: a NUTS transition, then Stan's adaptation updates
+    """One warmup iteration: a NUTS transition, then the adaptation updates
     (:func:`warmup_adapt`).
 
     Parameters
@@ -435,21 +489,24 @@ def warmup_step(
     logdensity_fn
         Target log density.
     schedule_arrays
-        :class:`Schedule` (NumPy or JAX arrays) from :func:`build_schedule`.
+        Stan's :class:`Schedule` (from :func:`build_schedule`) or a
+        :class:`hbm.samplers.schedules.WarmupSchedule`.
     kernel
         Transition from :func:`~hbm.samplers.nuts.build_kernel`.
-    target_accept, dense_mass
-        Adaptation settings (static).
+    target_accept, dense_mass, estimator
+        Adaptation settings (static), as :func:`warmup_init`.
 
     Returns
     -------
     (WarmupState, NUTSInfo)
     """
+    estimator = _default_estimator(dense_mass, estimator)
+    if isinstance(schedule_arrays, Schedule):
+        schedule_arrays = stan_flags(schedule_arrays.stage, schedule_arrays.window_end)
     kernel_key, search_key = jax.random.split(key)
     i = warmup_state.iteration
-    num_warmup = jnp.shape(schedule_arrays.stage)[0]
-    stage = jnp.asarray(schedule_arrays.stage)[i]
-    window_end = jnp.asarray(schedule_arrays.window_end)[i]
+    num_warmup = jnp.shape(schedule_arrays.adapt_step_size)[0]
+    flags = jax.tree.map(lambda a: jnp.asarray(a)[i], schedule_arrays)
     hmc_state, info = kernel(
         kernel_key,
         warmup_state.hmc_state,
@@ -458,8 +515,8 @@ def warmup_step(
         warmup_state.inverse_mass_matrix,
     )
     new_state = warmup_adapt(
-        search_key, warmup_state, hmc_state, info, logdensity_fn, stage, window_end,
-        i == num_warmup - 1, target_accept=target_accept, dense_mass=dense_mass,
+        search_key, warmup_state, hmc_state, info, logdensity_fn, flags,
+        i == num_warmup - 1, target_accept=target_accept, estimator=estimator,
     )
     return new_state, info
 
@@ -467,99 +524,3 @@ def warmup_step(
 def warmup_final(warmup_state: WarmupState):
     """The adapted ``(step_size, inverse_mass_matrix)``."""
     return warmup_state.step_size, warmup_state.inverse_mass_matrix
-
-
-# ---------------------------------------------------------------- convenience driver
-
-
-def run_nuts(
-    key,
-    logdensity_fn: Callable,
-    position,
-    num_warmup: int,
-    num_draws: int,
-    *,
-    dense_mass: bool = False,
-    target_accept: float = 0.8,
-    max_tree_depth: int = 10,
-):
-    """Warm up and sample one chain of NUTS (a jitted ``lax.scan``; vmap it over chains).
-
-    Parameters
-    ----------
-    key
-        PRNG key.
-    logdensity_fn
-        Log density of a flat position vector (static: hashable).
-    position
-        Initial flat position, shape ``(d,)``.
-    num_warmup, num_draws
-        Numbers of warmup iterations and of kept draws.
-    dense_mass, target_accept, max_tree_depth
-        Adaptation and sampler settings.
-
-    Returns
-    -------
-    (draws (num_draws, d), NUTSInfo stacked over draws, step_size, inverse_mass_matrix)
-    """
-    if int(num_draws) != num_draws or num_draws < 0:
-        raise ConfigurationError(f"num_draws must be a non-negative integer, got {num_draws}")
-    return _run_nuts(
-        key,
-        jnp.asarray(position),
-        logdensity_fn=logdensity_fn,
-        num_warmup=int(num_warmup),
-        num_draws=int(num_draws),
-        dense_mass=bool(dense_mass),
-        target_accept=float(target_accept),
-        max_tree_depth=int(max_tree_depth),
-    )
-
-
-@partial(
-    jax.jit,
-    static_argnames=(
-        "logdensity_fn",
-        "num_warmup",
-        "num_draws",
-        "dense_mass",
-        "target_accept",
-        "max_tree_depth",
-    ),
-)
-def _run_nuts(
-    key, position, *, logdensity_fn, num_warmup, num_draws, dense_mass, target_accept, max_tree_depth
-):
-    schedule = build_schedule(num_warmup)
-    schedule = Schedule(jnp.asarray(schedule.stage), jnp.asarray(schedule.window_end))
-    kernel = build_kernel(max_tree_depth)
-    init_key, warmup_key, draw_key = jax.random.split(key, 3)
-    warmup_state = warmup_init(
-        init_key, position, logdensity_fn, dense_mass=dense_mass, target_accept=target_accept
-    )
-
-    def warmup_body(state, iteration_key):
-        return warmup_step(
-            iteration_key,
-            state,
-            logdensity_fn,
-            schedule,
-            kernel=kernel,
-            target_accept=target_accept,
-            dense_mass=dense_mass,
-        )
-
-    if num_warmup > 0:
-        warmup_state, _ = lax.scan(
-            warmup_body, warmup_state, jax.random.split(warmup_key, num_warmup)
-        )
-    step_size, inverse_mass_matrix = warmup_final(warmup_state)
-
-    def draw_body(state, iteration_key):
-        state, info = kernel(iteration_key, state, logdensity_fn, step_size, inverse_mass_matrix)
-        return state, (state.position, info)
-
-    _, (draws, infos) = lax.scan(
-        draw_body, warmup_state.hmc_state, jax.random.split(draw_key, num_draws)
-    )
-    return draws, infos, step_size, inverse_mass_matrix

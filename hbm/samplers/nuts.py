@@ -64,7 +64,8 @@ def init(position, logdensity_fn: Callable) -> HMCState:
     return HMCState(position, jnp.asarray(logdensity, dtype), jnp.asarray(logdensity_grad, dtype))
 
 
-def build_kernel(max_tree_depth: int = 10, divergence_threshold: float = 1000.0):
+def build_kernel(max_tree_depth: int = 10, divergence_threshold: float = 1000.0, *,
+                 integrator: Callable = velocity_verlet, metric: Callable = gaussian_euclidean):
     """Build the NUTS transition kernel.
 
     Parameters
@@ -73,6 +74,12 @@ def build_kernel(max_tree_depth: int = 10, divergence_threshold: float = 1000.0)
         Maximum number of trajectory doublings (>= 1).
     divergence_threshold
         Energy error above which a leapfrog step counts as divergent.
+    integrator
+        ``integrator(logdensity_fn, kinetic_energy, velocity) -> step``, a symplectic
+        integrator (default :func:`~hbm.samplers.integrators.velocity_verlet`).
+    metric
+        ``metric(inverse_mass_matrix) -> Metric`` (default
+        :func:`~hbm.samplers.metrics.gaussian_euclidean`).
 
     Returns
     -------
@@ -88,10 +95,10 @@ def build_kernel(max_tree_depth: int = 10, divergence_threshold: float = 1000.0)
     divergence_threshold = float(divergence_threshold)
 
     def kernel(key, state: HMCState, logdensity_fn, step_size, inverse_mass_matrix):
-        metric = gaussian_euclidean(inverse_mass_matrix)
-        step_fn = velocity_verlet(logdensity_fn, metric.kinetic_energy, metric.velocity)
+        metric_fns = metric(inverse_mass_matrix)
+        step_fn = integrator(logdensity_fn, metric_fns.kinetic_energy, metric_fns.velocity)
         momentum_key, tree_key = jax.random.split(key)
-        momentum = metric.sample_momentum(momentum_key, state.position)
+        momentum = metric_fns.sample_momentum(momentum_key, state.position)
         initial_state = IntegratorState(
             state.position, momentum, state.logdensity, state.logdensity_grad
         )
@@ -99,13 +106,13 @@ def build_kernel(max_tree_depth: int = 10, divergence_threshold: float = 1000.0)
             tree_key,
             initial_state,
             step_fn,
-            metric,
+            metric_fns,
             step_size,
             max_tree_depth=max_tree_depth,
             divergence_threshold=divergence_threshold,
         )
         proposal = result.proposal
-        initial_energy = -state.logdensity + metric.kinetic_energy(momentum)
+        initial_energy = -state.logdensity + metric_fns.kinetic_energy(momentum)
         new_state = HMCState(proposal.position, proposal.logdensity, proposal.logdensity_grad)
         info = NUTSInfo(
             momentum=momentum,

@@ -34,6 +34,8 @@ __all__ = [
     "MAPResult",
     "BoundaryReport",
     "find_mode",
+    "minimize",
+    "DEFAULT_OPTIMIZER",
     "laplace_draws",
     "boundary_report",
     "BOUNDARY_THRESHOLD",
@@ -79,7 +81,8 @@ class BoundaryReport(NamedTuple):
     reason: str
 
 
-_DEFAULT_LBFGS = optax.lbfgs()
+#: L-BFGS with optax's zoom line search.
+DEFAULT_OPTIMIZER = optax.lbfgs()
 
 
 class _Carry(NamedTuple):
@@ -91,7 +94,12 @@ class _Carry(NamedTuple):
     stopped: jax.Array  # stalled or the next point was not finite
 
 
-def _minimize_one(x0, logdensity_fn, optimizer, max_iters, tol):
+def minimize(x0, logdensity_fn, optimizer, max_iters, tol):
+    """One maximization of ``logdensity_fn`` from ``x0`` (pure: jit and vmap it).
+
+    Returns ``(position, logdensity, grad_norm, iterations, converged)``; steps to
+    non-finite points are refused and the loop stops when it stalls.
+    """
     negative = lambda x: -logdensity_fn(x)  # noqa: E731
     value_and_grad = optax.value_and_grad_from_state(negative)
     value0, grad0 = jax.value_and_grad(negative)(x0)
@@ -145,7 +153,7 @@ def _minimize_one(x0, logdensity_fn, optimizer, max_iters, tol):
 @partial(jax.jit, static_argnames=("optimizer",))
 def _minimize_all(init_positions, tol, max_iters, logdensity_fn, optimizer):
     run = partial(
-        _minimize_one,
+        minimize,
         logdensity_fn=logdensity_fn,
         optimizer=optimizer,
         max_iters=max_iters,
@@ -198,7 +206,7 @@ def find_mode(
         raise ConfigurationError(f"max_iters must be a positive integer, got {max_iters!r}")
     if not tol >= 0:
         raise ConfigurationError(f"tol must be >= 0, got {tol!r}")
-    optimizer = _DEFAULT_LBFGS if optimizer is None else optimizer
+    optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer
     positions, logdensities, grad_norms, iterations, converged = _minimize_all(
         init_positions, jnp.asarray(tol, dtype=init_positions.dtype),
         jnp.asarray(max_iters, dtype=jnp.int32), as_pytree_function(logdensity_fn), optimizer,

@@ -125,3 +125,39 @@ def test_fast_leaf_uniform_is_used_and_equals_jax_random_inside_a_trace():
     np.testing.assert_array_equal(got, expected)
     assert trajectory._fast_leaf_uniform_agrees(
         "float64", (2,), bool(jax.config.jax_threefry_partitionable))
+
+
+def test_stepwise_trajectory_equals_the_nested_one_bit_for_bit():
+    """build_trajectory_stepwise (a while loop of the one-leapfrog trajectory_step) takes
+    the same decisions and returns the same point as build_trajectory."""
+    from hbm.samplers import IntegratorState, gaussian_euclidean, velocity_verlet
+    from hbm.samplers.trajectory import build_trajectory, build_trajectory_stepwise
+
+    logdensity = funnel(5)
+    _, positions, step_sizes, inverse_masses = _cases(5, 1.5, 13, 60)
+    keys = jax.random.split(jax.random.PRNGKey(13), 60)
+
+    def run(builder):
+        def one(key, position, step_size, inverse_mass):
+            metric = gaussian_euclidean(inverse_mass)
+            step = velocity_verlet(logdensity, metric.kinetic_energy, metric.velocity)
+            momentum_key, tree_key = jax.random.split(key)
+            state = init(position, logdensity)
+            start = IntegratorState(position, metric.sample_momentum(momentum_key, position),
+                                    state.logdensity, state.logdensity_grad)
+            return builder(tree_key, start, step, metric, step_size,
+                           max_tree_depth=MAX_TREE_DEPTH)
+
+        return jax.jit(jax.vmap(one))(keys, positions, step_sizes, inverse_masses)
+
+    nested, stepwise = run(build_trajectory), run(build_trajectory_stepwise)
+    for field in ("position", "logdensity", "logdensity_grad"):
+        np.testing.assert_array_equal(getattr(stepwise.proposal, field),
+                                      getattr(nested.proposal, field))
+    for field in ("tree_depth", "num_steps", "is_divergent", "is_turning"):
+        np.testing.assert_array_equal(getattr(stepwise, field), getattr(nested, field))
+    # the energy reduction may round differently in the two compiled programs
+    np.testing.assert_allclose(stepwise.proposal.energy, nested.proposal.energy, rtol=1e-13)
+    np.testing.assert_allclose(stepwise.sum_acceptance, nested.sum_acceptance, rtol=1e-12)
+    assert int(np.sum(nested.is_divergent)) > 0 and int(np.sum(nested.is_turning)) > 0
+    assert int(np.sum(nested.tree_depth == MAX_TREE_DEPTH)) > 0

@@ -1,0 +1,529 @@
+"""NUTS drivers: :func:`sample` and :func:`resume`.
+
+A run goes through phases: with ``reparam="auto"`` a short "probe" warmup in the
+non-centered parameterization (whose draws choose per-element centering weights, see
+:mod:`hbm.reparam`), then "warmup" and "sampling". Each phase runs the engine's compiled
+chunk program (:mod:`hbm.inference.engine`) chunk after chunk, so draws reach the host
+(and the progress bar moves) between chunks while nothing but compiled code runs per
+iteration; after every chunk the run can be checkpointed
+(:mod:`hbm.inference.checkpointing`) and resumed with the same draws as an uninterrupted
+run. Settings are one frozen :class:`~hbm.inference.settings.SampleSettings`; what changes
+from chunk to chunk is the :class:`NUTSRun` record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hbm.draws import DrawBuffer
+from hbm.errors import ConfigurationError, HbmError, ModelError, SamplingError
+from hbm.inference import checkpointing, engine
+from hbm.inference.chains import resolve_chain_method
+from hbm.inference.common import (bind, cached, check_model, data_signature, observed,
+                                  observed_keys, progress_bar, reparam_signature)
+from hbm.inference.settings import SampleSettings
+from hbm.model import BoundModel, Model
+
+__all__ = ["sample", "resume", "NUTSRun", "MAX_LOG_LIKELIHOOD_SIZE", "AUTO_REPARAM_MIN_WARMUP"]
+
+#: Pointwise log likelihoods are stored for LOO only below this many numbers.
+MAX_LOG_LIKELIHOOD_SIZE = 20_000_000
+#: ``reparam="auto"`` needs this much warmup (else it samples non-centered).
+AUTO_REPARAM_MIN_WARMUP = 150
+
+
+@dataclasses.dataclass
+class NUTSRun:
+    """What a NUTS run carries from chunk to chunk: its fixed parts (model, bound model,
+    settings, programs, keys, phases) and its progress (phase, iterations done in it,
+    sampler state, centering weights, draws, statistics)."""
+
+    model: Model
+    bound: BoundModel
+    settings: SampleSettings
+    programs: engine.Programs
+    chain_method: str
+    auto: bool
+    bind_reparam: object
+    log_likelihood: bool
+    keys: dict
+    phases: list
+    buffer: DrawBuffer
+    weights: dict
+    phase: str
+    done: int = 0
+    state: object = None
+    probe_positions: np.ndarray | None = None
+    positions: jax.Array | None = None
+    stats: dict = dataclasses.field(default_factory=lambda: {"divergences": 0,
+                                                             "gradients": 0})
+    times: dict = dataclasses.field(default_factory=dict)
+    chunk_times: list = dataclasses.field(default_factory=list)
+
+    def state_treedef(self):
+        """The tree structure of the per-chain sampler state (to rebuild it from a
+        checkpoint's leaves)."""
+        shape = jax.eval_shape(
+            lambda x: self.programs.init(self.keys["warmup"], x, self.bound.data,
+                                         self.weights, jnp.asarray(1.0, x.dtype)),
+            jax.ShapeDtypeStruct((self.settings.chains, self.bound.size),
+                                 jnp.result_type(float)))
+        return jax.tree_util.tree_structure(shape)
+
+
+def _initial_positions(bound: BoundModel, key, num_chains, init):
+    if init is None:
+        return bound.init_many(key, num_chains)
+    if not isinstance(init, dict):
+        raise ConfigurationError("init must be a dict parameter name -> value (one value for "
+                                 "all chains, or a leading chain axis)")
+    unknown = set(init) - set(bound.param_names)
+    if unknown:
+        raise ModelError(f"init names unknown parameters {sorted(unknown)}; the model's "
+                         f"parameters are {bound.param_names}")
+    random_start = bound.init_many(key, num_chains)
+    positions = []
+    for c in range(num_chains):
+        params = bound.constrain(random_start[c], deterministic=False)
+        for name, value in init.items():
+            shape = bound.param_shapes[name]
+            try:
+                value = jnp.asarray(np.asarray(value, dtype=float), dtype=jnp.result_type(float))
+            except (TypeError, ValueError) as e:
+                raise ModelError(f"init['{name}'] is not a numeric array: {e}") from e
+            if value.shape == (num_chains,) + tuple(shape) and value.shape != tuple(shape):
+                value = value[c]
+            if value.shape != tuple(shape):
+                raise ModelError(f"init['{name}'] has shape {value.shape}, expected {shape} "
+                                 f"or {(num_chains,) + tuple(shape)}")
+            params[name] = value
+        # supports may depend on other parameters: check them at the merged values
+        supports = bound.supports(params)
+        for name in init:
+            support = supports.get(name)
+            if support is not None and not bool(jnp.all(support.check(params[name]))):
+                raise ModelError(f"init['{name}'] lies outside the support ({support}) of "
+                                 f"parameter '{name}'")
+        x = bound.unconstrain(params)
+        lp, g = jax.value_and_grad(bound.logdensity)(x)
+        if not (bool(jnp.isfinite(lp)) and bool(jnp.all(jnp.isfinite(g)))):
+            raise ModelError(f"the log density or its gradient is not finite at init (chain {c})")
+        positions.append(x)
+    return jnp.stack(positions)
+
+
+
+def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draws: int = 1000,
+           seed: int = 0, target_accept: float = 0.8, max_tree_depth: int = 10,
+           dense_mass: bool = False, reparam="auto", chain_method: str = "auto",
+           init=None, progress=True, thin: int = 1, step_size: float | None = None,
+           chunk_size: int = 100, log_likelihood: bool | None = None,
+           checkpoint: str | None = None, store: str | None = None,
+           metric: str | None = None, warmup_schedule: str = "stan", _after_warmup=None):
+    """Draw from the posterior with the No-U-Turn Sampler and Stan's windowed warmup.
+
+    Parameters
+    ----------
+    model, data
+        The :class:`~hbm.Model` and its data (a dict of arrays).
+    chains, warmup, draws, thin
+        Number of chains; warmup iterations; kept draws per chain; keep every ``thin``-th.
+    seed
+        Integer seed; the same seed gives the same draws.
+    target_accept, max_tree_depth
+        Dual-averaging target, NUTS tree depth limit.
+    metric
+        The mass matrix and how warmup estimates it (:mod:`hbm.samplers.mass_matrix`):
+        ``"diag"`` (default; Stan's: the regularized variance of the draws),
+        ``"diag_grad"`` (per coordinate ``sqrt(Var x / Var grad log p)`` from draws and
+        gradients, Seyboldt, Carlson & Carpenter 2026), ``"lowrank"`` (low rank plus
+        diagonal from draws and gradients; costs O(d k) per leapfrog) or ``"dense"``
+        (Stan's dense covariance; ``dense_mass=True`` is the same). Recorded as
+        ``fit.info["metric"]``.
+    warmup_schedule
+        ``"stan"`` (default: Stan's doubling windows) or ``"early"`` (the metric is
+        re-estimated early and often from two overlapping windows of recent draws,
+        after nutpie; :mod:`hbm.samplers.schedules`). Recorded as
+        ``fit.info["warmup_schedule"]``.
+    dense_mass
+        ``True`` is ``metric="dense"``.
+    reparam
+        ``"auto"`` (default: per-element centering weights learned in warmup, see
+        :mod:`hbm.reparam`; with less than 150 warmup iterations it samples
+        non-centered), ``"centered"``, ``"noncentered"``, or a dict per node (see
+        :meth:`Model.bind`).
+    chain_method
+        ``"auto"`` (default): ``"sharded"`` where there are several local devices that
+        share the chains evenly (on a CPU, ``import hbm`` makes one device per core, see
+        :mod:`hbm.cpu_devices`), else ``"vectorized"``; the choice is
+        ``fit.info["chain_method"]``. ``"vectorized"`` (vmap on one device),
+        ``"sequential"`` (``lax.map``) or ``"sharded"`` (vectorized on each of the local
+        devices) force one. Each chain's draws come from its own keys whatever the
+        placement; placements agree to floating-point rounding.
+    init
+        Optional dict of initial values (constrained), one per parameter or per chain.
+    step_size
+        Initial step size (required when ``warmup=0``).
+    chunk_size
+        Iterations per compiled chunk (progress updates and host transfers between chunks).
+    log_likelihood
+        Store the pointwise log likelihood (for LOO); by default when it is not huge.
+    checkpoint
+        A directory: after every chunk the full sampler state and the draws so far are
+        written there atomically (:mod:`hbm.checkpoint`); :func:`resume` continues.
+    store
+        A directory: the draws are written there chunk by chunk as ``.npy`` files
+        (``posterior.<name>.npy``, ``sample_stats.<name>.npy``, ...) and the returned Fit
+        reads them memory-mapped, so a run may hold more draws than fit in memory.
+
+    Returns
+    -------
+    Fit
+        Interrupted with Ctrl-C during sampling, the draws completed so far, with
+        ``fit.partial`` set.
+    """
+    settings = SampleSettings.validated(
+        chains=chains, warmup=warmup, draws=draws, thin=thin, seed=seed,
+        target_accept=target_accept, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
+        chain_method=chain_method, chunk_size=chunk_size, step_size=step_size,
+        log_likelihood=log_likelihood, reparam=reparam, store=store, metric=metric,
+        warmup_schedule=warmup_schedule)
+    if checkpoint is not None:
+        from hbm import checkpoint as ckpt
+
+        ckpt.check_new(checkpoint)
+    run = _prepare_run(model, data, settings, reparam)
+    run.positions = _initial_positions(run.bound, run.keys["init"], settings.chains, init)
+    return _execute(run, progress=progress, checkpoint=checkpoint, after_warmup=_after_warmup)
+
+
+
+def resume(path, model: Model, *, progress=True, previous: bool = False, checkpoint=True):
+    """Continue a run from its checkpoint directory ``path`` (written by
+    ``sample(..., checkpoint=path)``). The model cannot be stored on disk (it is Python
+    code), so it is passed again; the data, settings and sampler state come from the
+    checkpoint. With the same seed the continued run gives the same draws as an
+    uninterrupted one. ``previous=True`` resumes from the checkpoint before the last (for
+    when the last is damaged). Further chunks keep checkpointing to ``path`` unless
+    ``checkpoint=False``."""
+    from hbm import checkpoint as ckpt
+
+    check_model(model)
+    meta, state, draws = ckpt.load(path, previous=previous)
+    settings = SampleSettings.from_meta(meta["settings"])
+    data = checkpointing.restore_arrays(state, "data")
+    reparam = meta["bind_reparam"]
+    if settings.reparam == "auto":
+        reparam = "auto"  # rebuilds the same phases; the chosen weights come from the state
+    elif isinstance(reparam, dict):
+        reparam = {k: np.asarray(state[f"bind_weights/{k}"]) for k in reparam}
+    x64 = bool(jax.config.jax_enable_x64)
+    if "float64" in meta and bool(meta["float64"]) != x64:
+        raise ckpt.CheckpointError(
+            f"the checkpoint at {path} was written with float64 "
+            f"{'enabled' if meta['float64'] else 'disabled'} but jax_enable_x64 is now {x64}; "
+            "set jax.config.update('jax_enable_x64', "
+            f"{bool(meta['float64'])}) before resuming")
+    run = _prepare_run(model, data, settings, reparam)
+    if "structure" in meta:
+        checkpointing.check_same_structure(meta["structure"],
+                                           checkpointing.model_structure(run.bound), path)
+    leaves = [jnp.asarray(state[f"state/{i}"]) for i in range(meta["num_state_leaves"])]
+    run.state = jax.tree_util.tree_unflatten(run.state_treedef(), leaves)
+    run.weights = {k: jnp.asarray(v)
+                   for k, v in checkpointing.restore_arrays(state, "weights").items()}
+    run.phase, run.done = meta["phase"], int(meta["done"])
+    run.probe_positions = state.get("probe_positions")
+    for name, derived in run.keys.items():  # the per-chain keys the run was started with
+        stored = state.get(f"keys/{name}")
+        if stored is None or stored.shape != np.shape(derived):
+            raise ckpt.CheckpointError(f"the checkpoint at {path} lacks the random key "
+                                       f"{name!r} of the run")
+        run.keys[name] = jnp.asarray(stored, jnp.asarray(derived).dtype)
+    run.stats.update(meta["warmup_stats"])
+    run.times.update(meta.get("times", {}))
+    offset = 0
+    for groups in draws:  # chunk by chunk, so resuming needs no more memory than the run
+        run.buffer.write(groups, offset)
+        offset += next(iter(groups["sample_stats"].values())).shape[1]
+    return _execute(run, progress=progress, checkpoint=path if checkpoint else None,
+                    after_warmup=None)
+
+
+
+def _prepare_run(model, data, settings: SampleSettings, reparam) -> NUTSRun:
+    """Bind (with ``reparam="auto"``: probe the hierarchy first), fetch or compile the
+    programs, derive the per-chain keys and the phases."""
+    chains, warmup = settings.chains, settings.warmup
+    auto = reparam == "auto"
+    if auto:
+        probe = bind(model, data, "noncentered")
+        hierarchical = [n for n in probe.nodes if n.locscale]
+        if hierarchical and warmup >= AUTO_REPARAM_MIN_WARMUP:
+            bind_reparam = {n.name: np.zeros(n.shape) for n in hierarchical}
+            bound = bind(model, data, bind_reparam)
+        else:
+            auto, bind_reparam, bound = False, "noncentered", probe
+    else:
+        bind_reparam = reparam
+        bound = bind(model, data, reparam)
+    if bound.size == 0:
+        raise ModelError("the model has no parameters to sample")
+    log_likelihood = settings.log_likelihood
+    if log_likelihood is None:
+        n_obs = sum(int(np.prod(jnp.shape(bound.data[k]))) for k in observed_keys(bound))
+        log_likelihood = n_obs * chains * settings.draws <= MAX_LOG_LIKELIHOOD_SIZE
+    chain_method = resolve_chain_method(settings.chain_method, chains)
+    placement = dict(num_chains=chains, chain_method=chain_method,
+                     store_log_likelihood=bool(log_likelihood))
+    cache_key = ("nuts", reparam_signature(bind_reparam), data_signature(bound.data),
+                 settings.kernel, tuple(sorted(placement.items())),
+                 jax.config.jax_enable_x64)
+    programs = cached(model, cache_key, lambda: engine.compile_programs(
+        bound, settings.kernel, **placement))
+    key = jax.random.PRNGKey(settings.seed)
+    init_key, warmup_key, sample_key, reparam_key = jax.random.split(key, 4)
+    keys = dict(init=init_key, warmup=jax.random.split(warmup_key, chains),
+                sample=jax.random.split(sample_key, chains),
+                reinit=jax.random.split(reparam_key, chains),
+                warmup2=jax.random.split(jax.random.fold_in(reparam_key, 1), chains))
+    phases = []
+    first = max(AUTO_REPARAM_MIN_WARMUP // 2, warmup // 4) if auto else 0
+    if auto:
+        phases.append(("probe", first))
+    if warmup - first > 0:
+        phases.append(("warmup", warmup - first))
+    phases.append(("sampling", settings.draws * settings.thin))
+    return NUTSRun(model=model, bound=bound, programs=programs, settings=settings,
+                   chain_method=chain_method, auto=auto, bind_reparam=bind_reparam,
+                   log_likelihood=bool(log_likelihood), keys=keys, phases=phases,
+                   buffer=DrawBuffer(chains, settings.draws, settings.store),
+                   weights=dict(bound.weights), phase=phases[0][0])
+
+
+def _execute(run: NUTSRun, *, progress, checkpoint, after_warmup):
+    """Run (or continue) the phases of ``run`` chunk by chunk; build the Fit."""
+    s = run.settings
+    chains, thin = s.chains, s.thin
+    programs, data = run.programs, run.bound.data
+    total = s.warmup + s.draws
+    done_before = sum(n for name, n in run.phases[:[p for p, _ in run.phases].index(
+        run.phase)]) + run.done
+    bar = progress_bar(progress, total, "sampling" if run.phase == "sampling" else "warmup")
+    bar.update(min(done_before, s.warmup) + max(0, done_before - s.warmup) // thin)
+    if run.state is None:
+        step = jnp.asarray(1.0 if s.step_size is None else s.step_size,
+                           run.positions.dtype)
+        run.state = programs.init(run.keys["warmup"], run.positions, data, run.weights, step)
+        if checkpoint is not None:
+            checkpointing.save(run, checkpoint)
+    partial_reason = None
+    t_start = time.perf_counter()
+    try:
+        for index, (phase, n_iter) in enumerate(run.phases):
+            if phase != run.phase:
+                continue
+            adapt = phase != "sampling"
+            keys = {"probe": run.keys["warmup"],
+                    "warmup": run.keys["warmup2"] if run.auto else run.keys["warmup"],
+                    "sampling": run.keys["sample"]}[phase]
+            if phase == "sampling":
+                bar.set_description("sampling")
+            run.state = _run_chunks(run, keys, n_iter, adapt, bar, checkpoint)
+            # phase transition
+            if phase == "probe":
+                from hbm import reparam as reparam_lib
+
+                run.weights = reparam_lib.centering_weights(run.bound, run.probe_positions,
+                                                            n_iter // 2)
+                positions = reparam_lib.move_positions(run.bound, run.state.hmc_state.position,
+                                                       run.bind_reparam, run.weights)
+                step = jnp.asarray(1.0 if s.step_size is None else s.step_size,
+                                   positions.dtype)
+                run.state = programs.init(run.keys["reinit"], positions, data, run.weights, step)
+                run.probe_positions = None
+            if phase != "sampling":
+                run.times["warmup"] = run.times.get("warmup", 0.0) + (
+                    time.perf_counter() - t_start)
+                t_start = time.perf_counter()
+            nxt = run.phases[index + 1][0] if index + 1 < len(run.phases) else None
+            if nxt == "sampling" and after_warmup is not None and s.warmup > 0:
+                from hbm.fallback import NUTSDiagnostics
+
+                timed = run.chunk_times[1:] or run.chunk_times
+                per_iteration = sum(t for t, _ in timed) / max(1, sum(n for _, n in timed))
+                after_warmup(NUTSDiagnostics(
+                    initialized=True, step_size=float(np.min(np.asarray(run.state.step_size))),
+                    warmup_divergent_fraction=run.stats["divergences"] / (s.warmup * chains),
+                    seconds_per_warmup_iteration=per_iteration))
+            if nxt is not None:
+                run.phase, run.done = nxt, 0
+                if checkpoint is not None:
+                    checkpointing.save(run, checkpoint)
+        run.times["sampling"] = run.times.get("sampling", 0.0) + (time.perf_counter()
+                                                                  - t_start)
+    except KeyboardInterrupt:
+        done = run.buffer.filled
+        if run.phase != "sampling" or done == 0:
+            raise
+        partial_reason = f"interrupted by the user after {done} of {s.draws} draws"
+    except HbmError:
+        raise
+    except Exception as error:  # out of memory, disk full, a device failure, ...
+        raise _failure_keeping_draws(run, error, checkpoint) from error
+    finally:
+        bar.close()
+    return _build_fit(run, partial_reason)
+
+
+
+def _failure_keeping_draws(run, error, checkpoint):
+    """A :class:`SamplingError` for a run that failed mid-sampling, carrying the draws
+    completed so far as ``error.partial_fit`` (``None`` when there are none)."""
+    import warnings
+
+    s = run.settings
+    done = run.buffer.filled if run.phase == "sampling" else 0
+    names = [name for name, _ in run.phases]
+    warmup_done = sum(n for _, n in run.phases[:names.index(run.phase)]) + run.done
+    where = (f"after {done} of {s.draws} draws" if run.phase == "sampling"
+             else f"during warmup (iteration {warmup_done} of {s.warmup})")
+    partial_fit = None
+    if done:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                partial_fit = _build_fit(run, f"stopped by {type(error).__name__} {where}")
+        except Exception:  # the failure itself (e.g. no memory left) may prevent it
+            partial_fit = None
+    kept = ("the draws made so far are in this error's .partial_fit" if partial_fit is not None
+            else "no draws were kept")
+    if checkpoint is not None:
+        kept += f"; hbm.resume({str(checkpoint)!r}, model) continues from the last checkpoint"
+    err = SamplingError(f"sampling stopped {where}: {type(error).__name__}: {error} ({kept})")
+    err.partial_fit = partial_fit
+    return err
+
+
+
+def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
+    """The remaining chunks of the current phase, from ``run.done``; returns the state."""
+    s = run.settings
+    chunk_size, thin = s.chunk_size, s.thin
+    if adapt:
+        schedule = engine.schedule_for_chunks(s.warmup_schedule, n_iter, chunk_size)
+    else:
+        schedule = engine.no_adaptation(chunk_size)
+    while run.done < n_iter:
+        start = run.done
+        flags = engine.slice_schedule(schedule, *((start, start + chunk_size) if adapt
+                                                  else (0, chunk_size)))
+        t0 = time.perf_counter()
+        state, out = run.programs.chunk(run.state, keys, jnp.asarray(start),
+                                        jnp.asarray(n_iter), jnp.asarray(adapt), flags,
+                                        run.bound.data, run.weights)
+        n = min(chunk_size, n_iter - start)
+        run.state, run.done = state, start + n
+        new_draws = None
+        if adapt:
+            wanted = ["diverging", "n_steps", "step_size"]
+            if run.phase == "probe":
+                wanted.append("position")
+            out = {k: np.asarray(v)[:, :n]
+                   for k, v in jax.device_get({k: out[k] for k in wanted}).items()}
+            run.stats["divergences"] += int(out["diverging"].sum())
+            run.stats["gradients"] += int(out["n_steps"].sum())
+            run.chunk_times.append((time.perf_counter() - t0, n))
+            if run.phase == "probe":
+                pos = out["position"]
+                run.probe_positions = pos if run.probe_positions is None else np.concatenate(
+                    [run.probe_positions, pos], axis=1)
+            bar.update(n)
+        else:
+            params, stats, loglik = run.programs.emit(out, run.bound.data, run.weights, thin)
+            kept = n // thin
+            new_draws = {group: {k: np.asarray(v)[:, :kept] for k, v in arrays.items()}
+                         for group, arrays in jax.device_get(dict(
+                             posterior=params, sample_stats=stats,
+                             log_likelihood=loglik)).items()}
+            run.buffer.write(new_draws, start // thin)
+            out = new_draws["sample_stats"]
+            run.stats["sampling_divergences"] = run.stats.get(
+                "sampling_divergences", 0) + int(out["diverging"].sum())
+            bar.update(kept)
+        bar.set_postfix(divergences=run.stats["divergences"] if adapt
+                        else run.stats["sampling_divergences"],
+            step_size=f"{float(np.mean(out['step_size'][:, -1])):.3g}")
+        if checkpoint is not None:
+            checkpointing.save(run, checkpoint, new_draws)
+    return run.state
+
+
+
+def _build_fit(run, partial_reason):
+    """The Fit of the draws in ``run.buffer`` (views; memory-mapped with ``store=``), with
+    its diagnostics emitted as warnings that point at the caller of ``sample``/``resume``."""
+    from hbm.results import Fit
+
+    groups = run.buffer.read()
+    posterior, loglik, stats = (groups["posterior"], groups["log_likelihood"],
+                                groups["sample_stats"])
+    s = run.settings
+    thin = s.thin
+    sample_stats = dict(
+        diverging=stats["diverging"].astype(bool),
+        tree_depth=stats["tree_depth"].astype(np.int64),
+        n_steps=stats["n_steps"].astype(np.int64),
+        step_size=stats["step_size"],
+        energy=stats["energy"],
+        lp=stats["lp"],
+        acceptance_rate=stats["acceptance_rate"],
+    )
+    if run.auto:
+        chosen = {k: np.asarray(v).round(3).tolist() for k, v in run.weights.items()}
+    else:
+        chosen = {k: (v if isinstance(v, str) else np.asarray(v).tolist())
+                  for k, v in run.bound.reparam.items()}
+    info = dict(
+        reparam=chosen,
+        reparam_method="auto" if run.auto else "fixed",
+        step_size=np.asarray(run.state.step_size),
+        inverse_mass_matrix=jax.tree.map(np.asarray, run.state.inverse_mass_matrix),
+        metric=s.metric, warmup_schedule=s.warmup_schedule,
+        warmup_divergences=run.stats["divergences"],
+        warmup_iterations=s.warmup,
+        warmup_gradient_evaluations=run.stats["gradients"],
+        max_tree_depth=s.max_tree_depth,
+        target_accept=s.target_accept,
+        dense_mass=s.dense_mass,
+        chain_method=run.chain_method, requested_chain_method=s.chain_method,
+        seed=s.seed,
+        thin=thin,
+        times=dict(run.times),
+        last_position=np.asarray(run.state.hmc_state.position),
+    )
+    model = run.model
+    fit = Fit(posterior, sample_stats, method="nuts", model=model, data=run.bound.data,
+              dims=model.dims, coords=model.coords,
+              log_likelihood=loglik if run.log_likelihood else None,
+              observed_data=observed(run.bound), info=info)
+    if partial_reason is not None:
+        fit.partial = True
+        fit.info["partial_reason"] = partial_reason
+    try:  # frames above Fit.warn: this one, _execute, sample or resume, then the user's
+        fit.warn(stacklevel=5)
+    except KeyboardInterrupt:  # the draws are done: a slow check must not lose them
+        import warnings
+
+        from hbm.diagnostics import HbmWarning
+
+        warnings.warn("the end-of-run convergence checks were interrupted; the draws are "
+                      "complete. Run fit.diagnostics() to check them.", HbmWarning,
+                      stacklevel=4)
+    return fit
+

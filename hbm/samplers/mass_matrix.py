@@ -1,0 +1,453 @@
+"""Mass-matrix estimators for warmup: Stan's Welford variance, the gradient-informed
+diagonal and the low-rank-plus-diagonal metric of Seyboldt, Carlson & Carpenter.
+
+Each estimator is a small optax-style piece, pure and per chain (``jit``/``vmap`` it
+freely), returned as a :class:`MetricAdapter`:
+
+* ``init(position) -> state`` (the position only fixes the dimension and dtype),
+* ``update(state, position, logdensity_grad) -> state`` (every estimator takes the
+  gradient; Stan's ignore it),
+* ``final(state) -> inverse mass`` in a representation :func:`~hbm.samplers.metrics.metric_from`
+  takes (1-D diagonal, 2-D dense, or :class:`~hbm.samplers.metrics.LowRankInverseMass`),
+* ``initial(position, logdensity_grad) -> inverse mass``: the metric to start warmup with,
+  of the same representation and shape as ``final``'s (a ``lax.scan`` carry needs one).
+
+The estimators:
+
+* :func:`diag_welford` (``"diag"``): Stan's regularized Welford variance of the draws
+  (:func:`hbm.samplers.adaptation.welford_variance`).
+* :func:`dense` (``"dense"``): Stan's regularized Welford covariance (``dense_mass=True``).
+* :func:`diag_grad` (``"diag_grad"``): per coordinate ``sqrt(Var(x) / Var(grad log p))``.
+  Among diagonal metrics it minimizes the sample Fisher divergence between the
+  preconditioned target and a standard normal; for a Gaussian target it is exact
+  (``Var(x_i) / Var(g_i) = sigma_i^4`` draw by draw when the target is diagonal) and it
+  needs far fewer draws than the variance alone (Seyboldt, Carlson & Carpenter 2026,
+  arXiv:2603.18845; nutpie's default "diagonal, gradient based" adaptation).
+* :func:`lowrank` (``"lowrank"``): the same paper's diagonal-plus-low-rank metric. With
+  ``D`` from :func:`diag_grad`, draws and gradients are centered and scaled,
+  ``x~ = D^{-1/2} (x - mean x)`` and ``g~ = D^{1/2} (g - mean g)``; on the subspace they
+  span, the sample Fisher divergence is minimized by the SPD matrix ``S`` with
+  ``S C_g S = C_x`` (``C_x``, ``C_g`` the regularized covariances of ``x~`` and ``g~``):
+  the geometric mean ``S = C_g^{-1/2} (C_g^{1/2} C_x C_g^{1/2})^{1/2} C_g^{-1/2}``. The
+  eigendirections of ``S`` whose eigenvalues lie outside ``[1/c, c]`` (at most
+  ``max_rank`` of them, farthest from 1 on a log scale first) form the low-rank part; the
+  others are set to 1. Memory is bounded: a ring buffer keeps the last ``buffer_size``
+  draws and gradients. For a Gaussian target with exact gradients ``g = -Sigma^{-1} x``
+  the unregularized estimate is exact once the buffer holds more than ``d`` draws
+  (``S C_g S = C_x`` is solved by the true scaled covariance).
+
+:func:`initial_inverse_mass` is a gradient-informed first guess, ``1 / |grad log p|`` per
+coordinate (clipped), so that the first trees are not as deep as a unit metric makes them
+on badly scaled targets. :func:`overlapping` runs two estimators a window apart (the
+"foreground" one in use and a "background" one that replaces it on a switch), for the
+early-and-often schedule of :mod:`hbm.samplers.schedules`. :func:`build_metric_adapter`
+builds an estimator by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from hbm.errors import ConfigurationError
+from hbm.samplers.adaptation import WelfordState, welford_variance
+from hbm.samplers.metrics import LowRankInverseMass
+
+__all__ = [
+    "METRIC_NAMES",
+    "DiagGradState",
+    "LowRankState",
+    "MetricAdapter",
+    "OverlappingAdapter",
+    "OverlappingState",
+    "build_metric_adapter",
+    "dense",
+    "diag_grad",
+    "diag_welford",
+    "fisher_optimal_covariance",
+    "initial_inverse_mass",
+    "lowrank",
+    "overlapping",
+]
+
+METRIC_NAMES = ("diag", "diag_grad", "lowrank", "dense")
+
+# nutpie clips the gradient-based scales to a wide range; ours is narrower on purpose:
+# the ratio of two variances from a handful of early draws can be off by many orders.
+_RATIO_LOWER = 1e-10
+_RATIO_UPPER = 1e10
+
+
+class MetricAdapter(NamedTuple):
+    """An inverse-mass-matrix estimator: ``init(position) -> state``,
+    ``update(state, position, logdensity_grad) -> state``, ``final(state) -> inverse
+    mass``, ``initial(position, logdensity_grad) -> inverse mass`` (see the module
+    docstring) and its ``name``."""
+
+    init: Callable
+    update: Callable
+    final: Callable
+    initial: Callable
+    name: str
+
+
+# ------------------------------------------------------------------ first guess
+
+
+def initial_inverse_mass(position, logdensity_grad, *, lower: float = 1e-3,
+                         upper: float = 1e3):
+    """A gradient-informed diagonal inverse mass to start warmup with.
+
+    For a coordinate of scale ``sigma`` at a typical point (``|x - mean| ~ sigma``) the
+    gradient of a Gaussian log density is about ``1 / sigma``, so ``1 / |g|`` is a scale
+    estimate from one gradient (nutpie starts from the gradient the same way). It is
+    clipped to ``[lower, upper]`` (a coordinate at its mode has a zero gradient) and
+    non-finite values fall back to 1.
+
+    Parameters
+    ----------
+    position
+        Flat initial position (fixes shape and dtype).
+    logdensity_grad
+        Gradient of the log density at ``position``.
+    lower, upper
+        Clipping range of the guess.
+
+    Returns
+    -------
+    1-D array: the diagonal of ``M^{-1}``.
+    """
+    if not 0.0 < lower <= upper:
+        raise ConfigurationError(f"need 0 < lower <= upper, got lower={lower}, upper={upper}")
+    dtype = jnp.result_type(position)
+    grad = jnp.asarray(logdensity_grad, dtype)
+    guess = jnp.clip(1.0 / jnp.abs(grad), lower, upper)
+    return jnp.where(jnp.isfinite(guess), guess, jnp.ones_like(guess))
+
+
+def _ones_initial(position, logdensity_grad):
+    return jnp.ones(jnp.shape(position), jnp.result_type(position))
+
+
+def _check_positive_int(name, value, minimum):
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# ------------------------------------------------------------------ Stan's estimators
+
+
+def _welford_adapter(dense_mass: bool, name: str, init_from_gradient: bool) -> MetricAdapter:
+    welford_init, welford_update, welford_final = welford_variance(dense_mass)
+
+    def init(position) -> WelfordState:
+        position = jnp.asarray(position)
+        return welford_init(position.shape[0], position.dtype)
+
+    def update(state: WelfordState, position, logdensity_grad) -> WelfordState:
+        return welford_update(state, position)
+
+    def initial(position, logdensity_grad):
+        diagonal = (initial_inverse_mass(position, logdensity_grad) if init_from_gradient
+                    else _ones_initial(position, logdensity_grad))
+        return jnp.diag(diagonal) if dense_mass else diagonal
+
+    return MetricAdapter(init, update, welford_final, initial, name)
+
+
+def diag_welford(*, init_from_gradient: bool = False) -> MetricAdapter:
+    """Stan's diagonal estimate: the Welford variance of the draws, shrunk towards
+    ``1e-3`` as ``(n / (n + 5)) var + 1e-3 (5 / (n + 5))``. Warmup starts from the unit
+    metric (Stan) unless ``init_from_gradient``."""
+    return _welford_adapter(False, "diag", init_from_gradient)
+
+
+def dense(*, init_from_gradient: bool = False) -> MetricAdapter:
+    """Stan's dense estimate (``dense_mass=True``): the Welford covariance, shrunk
+    towards ``1e-3 I``."""
+    return _welford_adapter(True, "dense", init_from_gradient)
+
+
+# ------------------------------------------------------------------ gradient-based diagonal
+
+
+class DiagGradState(NamedTuple):
+    """Welford states of the draws and of the gradients (same count)."""
+
+    draws: WelfordState
+    grads: WelfordState
+
+
+def _diag_from_variances(draw_variance, grad_variance, count):
+    ratio = jnp.sqrt(draw_variance / grad_variance)
+    ratio = jnp.clip(ratio, _RATIO_LOWER, _RATIO_UPPER)
+    usable = jnp.isfinite(ratio) & (draw_variance > 0) & (grad_variance > 0) & (count >= 2)
+    return jnp.where(usable, ratio, jnp.ones_like(ratio))
+
+
+def diag_grad(*, init_from_gradient: bool = True) -> MetricAdapter:
+    """The gradient-informed diagonal: ``M^{-1}_ii = sqrt(Var(x_i) / Var(g_i))``.
+
+    It minimizes, among diagonal metrics, the sample Fisher divergence of the
+    preconditioned target from a standard normal (Seyboldt, Carlson & Carpenter 2026,
+    arXiv:2603.18845). Streaming Welford variances of the draws and of the gradients; a
+    coordinate without two draws or with a zero variance gets 1, and the estimate is
+    clipped to ``[1e-10, 1e10]``.
+    """
+    welford_init, welford_update, _ = welford_variance(False)
+
+    def init(position) -> DiagGradState:
+        position = jnp.asarray(position)
+        state = welford_init(position.shape[0], position.dtype)
+        return DiagGradState(state, state)
+
+    def update(state: DiagGradState, position, logdensity_grad) -> DiagGradState:
+        return DiagGradState(
+            welford_update(state.draws, position),
+            welford_update(state.grads, jnp.asarray(logdensity_grad, state.grads.mean.dtype)),
+        )
+
+    def final(state: DiagGradState):
+        # the divisor (n or n - 1) cancels in the ratio
+        return _diag_from_variances(state.draws.m2, state.grads.m2, state.draws.count)
+
+    def initial(position, logdensity_grad):
+        if init_from_gradient:
+            return initial_inverse_mass(position, logdensity_grad)
+        return _ones_initial(position, logdensity_grad)
+
+    return MetricAdapter(init, update, final, initial, "diag_grad")
+
+
+# ------------------------------------------------------------------ low rank plus diagonal
+
+
+class LowRankState(NamedTuple):
+    """Ring buffers of the last ``buffer_size`` draws and gradients, and the number of
+    draws seen (row ``count % buffer_size`` is written next)."""
+
+    draws: jax.Array
+    grads: jax.Array
+    count: jax.Array
+
+
+def _spd_sqrt_and_inverse_sqrt(matrix, floor):
+    values, vectors = jnp.linalg.eigh(matrix)
+    # eigenvalues below the known lower bound are rounding error (large in float32)
+    values = jnp.maximum(values, floor)
+    root = jnp.sqrt(values)
+    return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T
+
+
+def fisher_optimal_covariance(draw_covariance, grad_covariance, floor=0.0):
+    """The SPD matrix ``S`` solving ``S grad_covariance S = draw_covariance``: the
+    geometric mean ``C_g^{-1/2} (C_g^{1/2} C_x C_g^{1/2})^{1/2} C_g^{-1/2}`` of ``C_x`` and
+    ``C_g^{-1}``, the covariance whose Gaussian minimizes the sample Fisher divergence
+    (Seyboldt, Carlson & Carpenter 2026).
+
+    ``floor`` is a known lower bound of both covariances' eigenvalues (the regularization
+    ``gamma`` of ``C + gamma I``): computed eigenvalues below it (``floor**2`` for the
+    middle product) are rounding error and are raised to it.
+    """
+    dtype = jnp.result_type(draw_covariance)
+    floor = jnp.maximum(jnp.asarray(floor, dtype), jnp.finfo(dtype).tiny)
+    grad_sqrt, grad_inverse_sqrt = _spd_sqrt_and_inverse_sqrt(grad_covariance, floor)
+    middle = grad_sqrt @ draw_covariance @ grad_sqrt
+    middle_sqrt, _ = _spd_sqrt_and_inverse_sqrt(0.5 * (middle + middle.T), floor**2)
+    result = grad_inverse_sqrt @ middle_sqrt @ grad_inverse_sqrt
+    return 0.5 * (result + result.T)
+
+
+def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: float = 2.0,
+            regularization: float = 1e-3, init_from_gradient: bool = True) -> MetricAdapter:
+    """Low-rank plus diagonal inverse mass matrix from draws and gradients.
+
+    Parameters
+    ----------
+    max_rank
+        Largest number of low-rank directions (the static ``k`` of the result); the rank
+        in use is chosen by the data: the eigenvalues outside ``[1/c, c]``.
+    buffer_size
+        Number of most recent draws and gradients kept (memory ``2 * buffer_size * d``).
+    eigenvalue_cutoff
+        ``c >= 1``: eigenvalues of the scaled covariance within ``[1/c, c]`` are set to 1.
+    regularization
+        ``gamma > 0`` added to both scaled covariances (``C + gamma I``); in the scaled
+        space the scales are about 1. Directions without data get eigenvalue 1. It shrinks
+        an eigenvalue ``lambda`` to about ``sqrt((lambda + gamma) / (1 / lambda + gamma))``.
+    init_from_gradient
+        Start warmup from :func:`initial_inverse_mass` (else the identity).
+
+    Returns
+    -------
+    MetricAdapter whose ``final`` returns a :class:`~hbm.samplers.metrics.LowRankInverseMass`
+    with ``max_rank`` columns (inactive ones have eigenvalue 1).
+    """
+    max_rank = _check_positive_int("max_rank", max_rank, 1)
+    buffer_size = _check_positive_int("buffer_size", buffer_size, 3)
+    if not eigenvalue_cutoff >= 1.0:
+        raise ConfigurationError(f"eigenvalue_cutoff must be >= 1, got {eigenvalue_cutoff}")
+    if not regularization > 0.0:
+        raise ConfigurationError(f"regularization must be positive, got {regularization}")
+    log_cutoff = math.log(eigenvalue_cutoff)
+
+    def init(position) -> LowRankState:
+        position = jnp.asarray(position)
+        zeros = jnp.zeros((buffer_size, position.shape[0]), position.dtype)
+        return LowRankState(zeros, zeros, jnp.zeros((), jnp.int32))
+
+    def update(state: LowRankState, position, logdensity_grad) -> LowRankState:
+        row = state.count % buffer_size
+        dtype = state.draws.dtype
+        draws = state.draws.at[row].set(jnp.asarray(position, dtype))
+        grads = state.grads.at[row].set(jnp.asarray(logdensity_grad, dtype))
+        return LowRankState(draws, grads, state.count + 1)
+
+    def final(state: LowRankState) -> LowRankInverseMass:
+        dim = state.draws.shape[1]
+        dtype = state.draws.dtype
+        num = jnp.minimum(state.count, buffer_size)
+        weight = (jnp.arange(buffer_size) < num).astype(dtype)[:, None]
+        n = jnp.maximum(num, 1).astype(dtype)
+        draw_centered = weight * (state.draws - jnp.sum(weight * state.draws, 0) / n)
+        grad_centered = weight * (state.grads - jnp.sum(weight * state.grads, 0) / n)
+        diagonal = _diag_from_variances(
+            jnp.sum(draw_centered**2, 0), jnp.sum(grad_centered**2, 0), num
+        )
+        scale = jnp.sqrt(diagonal)
+        draw_scaled = draw_centered / scale  # (N, d)
+        grad_scaled = grad_centered * scale
+
+        if 2 * min(buffer_size, dim) >= dim:
+            basis = jnp.eye(dim, dtype=dtype)  # the data may span everything
+        else:
+            draw_basis = jnp.linalg.svd(draw_scaled.T, full_matrices=False)[0]
+            grad_basis = jnp.linalg.svd(grad_scaled.T, full_matrices=False)[0]
+            basis = jnp.linalg.qr(jnp.concatenate([draw_basis, grad_basis], axis=1))[0]
+        width = basis.shape[1]
+        draw_projected = draw_scaled @ basis
+        grad_projected = grad_scaled @ basis
+        identity = jnp.eye(width, dtype=dtype)
+        draw_cov = draw_projected.T @ draw_projected / n + regularization * identity
+        grad_cov = grad_projected.T @ grad_projected / n + regularization * identity
+        values, vectors = jnp.linalg.eigh(
+            fisher_optimal_covariance(draw_cov, grad_cov, regularization))
+
+        distance = jnp.abs(jnp.log(values))
+        order = jnp.argsort(-distance)[: min(max_rank, width)]
+        keep = distance[order] > log_cutoff
+        chosen_values = jnp.where(keep, values[order], 1.0)
+        chosen_vectors = basis @ vectors[:, order]
+        pad = max_rank - chosen_values.shape[0]
+        if pad > 0:
+            chosen_values = jnp.concatenate([chosen_values, jnp.ones((pad,), dtype)])
+            chosen_vectors = jnp.concatenate(
+                [chosen_vectors, jnp.zeros((dim, pad), dtype)], axis=1
+            )
+        usable = (num >= 3) & jnp.all(jnp.isfinite(chosen_values)) & jnp.all(
+            jnp.isfinite(chosen_vectors)
+        )
+        chosen_values = jnp.where(usable, chosen_values, 1.0)
+        chosen_vectors = jnp.where(usable, chosen_vectors, 0.0)
+        return LowRankInverseMass(diagonal, chosen_vectors, chosen_values)
+
+    def initial(position, logdensity_grad) -> LowRankInverseMass:
+        position = jnp.asarray(position)
+        diagonal = (initial_inverse_mass(position, logdensity_grad) if init_from_gradient
+                    else _ones_initial(position, logdensity_grad))
+        dim = position.shape[0]
+        return LowRankInverseMass(
+            diagonal, jnp.zeros((dim, max_rank), position.dtype),
+            jnp.ones((max_rank,), position.dtype),
+        )
+
+    return MetricAdapter(init, update, final, initial, "lowrank")
+
+
+# ------------------------------------------------------------------ two overlapping windows
+
+
+class OverlappingState(NamedTuple):
+    """The estimator in use (``foreground``) and the younger one (``background``)."""
+
+    foreground: object
+    background: object
+
+
+class OverlappingAdapter(NamedTuple):
+    """:class:`MetricAdapter` over an :class:`OverlappingState`, plus ``switch(state)``
+    (the background replaces the foreground, a fresh background starts) and
+    ``restart(state)`` (both fresh)."""
+
+    init: Callable
+    update: Callable
+    final: Callable
+    initial: Callable
+    switch: Callable
+    restart: Callable
+    name: str
+
+
+def overlapping(adapter: MetricAdapter) -> OverlappingAdapter:
+    """Run two copies of ``adapter`` a window apart (nutpie's foreground and background
+    estimators): both see every draw, ``final`` reads the foreground, and ``switch``
+    forgets the draws older than the background's window. With only ``restart`` (never
+    ``switch``) it is Stan's single estimator restarted after each window."""
+
+    def init(position) -> OverlappingState:
+        state = adapter.init(position)
+        return OverlappingState(state, state)
+
+    def update(state: OverlappingState, position, logdensity_grad) -> OverlappingState:
+        return OverlappingState(
+            adapter.update(state.foreground, position, logdensity_grad),
+            adapter.update(state.background, position, logdensity_grad),
+        )
+
+    def final(state: OverlappingState):
+        return adapter.final(state.foreground)
+
+    def switch(state: OverlappingState) -> OverlappingState:
+        fresh = jax.tree.map(jnp.zeros_like, state.background)
+        return OverlappingState(state.background, fresh)
+
+    def restart(state: OverlappingState) -> OverlappingState:
+        fresh = jax.tree.map(jnp.zeros_like, state.background)
+        return OverlappingState(fresh, fresh)
+
+    return OverlappingAdapter(init, update, final, adapter.initial, switch, restart,
+                              adapter.name)
+
+
+# ------------------------------------------------------------------ by name
+
+
+def build_metric_adapter(metric: str, **options) -> MetricAdapter:
+    """The estimator called ``metric``: ``"diag"`` (:func:`diag_welford`), ``"diag_grad"``
+    (:func:`diag_grad`), ``"lowrank"`` (:func:`lowrank`) or ``"dense"`` (:func:`dense`),
+    with its keyword ``options``.
+
+    Raises
+    ------
+    ConfigurationError
+        Unknown ``metric`` or option, or an invalid option value.
+    """
+    builders = {"diag": diag_welford, "diag_grad": diag_grad, "lowrank": lowrank,
+                "dense": dense}
+    if not isinstance(metric, str) or metric not in builders:
+        raise ConfigurationError(
+            f"metric must be one of {', '.join(repr(n) for n in METRIC_NAMES)}, got {metric!r}"
+        )
+    builder = builders[metric]
+    allowed = set(inspect.signature(builder).parameters)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigurationError(
+            f"metric {metric!r} takes the options {sorted(allowed)}, got unknown {unknown}"
+        )
+    return builder(**options)

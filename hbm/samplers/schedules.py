@@ -1,0 +1,183 @@
+"""Warmup schedules as arrays of per-iteration flags.
+
+A schedule says, for every warmup iteration, what the adaptation does after that
+iteration's NUTS transition. It is a :class:`WarmupSchedule` of boolean NumPy arrays of
+length ``num_warmup``, so a compiled ``lax.scan`` over warmup indexes it with the
+iteration number and no Python runs in the loop. After the transition of iteration ``i``
+the engine applies, in this order:
+
+1. ``adapt_step_size[i]``: one dual-averaging update from the acceptance statistic;
+2. ``accumulate_metric[i]``: feed ``(position, logdensity_grad)`` to the metric estimator
+   (an :func:`hbm.samplers.mass_matrix.overlapping` pair);
+3. ``switch_estimator[i]``: the background estimator replaces the foreground one and a
+   fresh background starts (draws older than the background's window are forgotten);
+4. ``update_metric[i]``: the inverse mass matrix becomes the estimator's ``final``;
+5. ``restart_estimator[i]``: both estimators start afresh;
+6. ``restart_step_size[i]``: re-run the step-size heuristic with the new metric and restart
+   dual averaging at ``mu = log(10 step_size)``.
+
+The last warmup iteration switches to the averaged step size (unless ``restart_step_size``
+is set there), as :mod:`hbm.samplers.adaptation` does.
+
+Two schedules:
+
+* ``"stan"`` (:func:`stan_schedule`): Stan's windows from
+  :func:`hbm.samplers.adaptation.build_schedule`: a fast initial buffer (step size only),
+  slow windows doubling in length at whose ends the metric is replaced by the window's
+  estimate, the estimator restarts and the step size is searched again, and a fast final
+  buffer (Stan Reference Manual, "HMC algorithm parameters").
+* ``"early"`` (:func:`early_schedule`): the metric is estimated early and often, after the
+  idea of nutpie's adaptation (Seyboldt, nutpie documentation "Adaptation" and
+  ``nuts-rs``'s ``GlobalStrategy``; Seyboldt, Carlson & Carpenter 2026,
+  arXiv:2603.18845): after ``first_update`` draws the metric is re-estimated every
+  ``update_every`` iterations from the foreground estimator; two estimators overlap, and
+  whenever the background has seen ``switch_every`` draws it replaces the foreground, so
+  the metric always rests on the recent draws only (between one and two windows of them)
+  and the first, far-from-typical draws are soon forgotten. The windows are short
+  (``early_switch_every``) during the first ``early_fraction`` of warmup and long
+  (``late_switch_every``) after; no switch happens that would leave the last window
+  shorter than its length; the final ``final_fraction`` of warmup adapts the step size
+  only. The step size is searched again once, at the first metric update.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from hbm.errors import ConfigurationError
+from hbm.samplers.adaptation import build_schedule
+
+__all__ = [
+    "SCHEDULE_NAMES",
+    "WarmupSchedule",
+    "build_warmup_schedule",
+    "early_schedule",
+    "stan_schedule",
+]
+
+SCHEDULE_NAMES = ("stan", "early")
+
+
+class WarmupSchedule(NamedTuple):
+    """Boolean flags per warmup iteration (see the module docstring for their order)."""
+
+    adapt_step_size: np.ndarray
+    accumulate_metric: np.ndarray
+    switch_estimator: np.ndarray
+    update_metric: np.ndarray
+    restart_estimator: np.ndarray
+    restart_step_size: np.ndarray
+
+
+def _check_num_warmup(num_warmup):
+    if isinstance(num_warmup, bool) or int(num_warmup) != num_warmup or num_warmup < 0:
+        raise ConfigurationError(f"num_warmup must be a non-negative integer, got {num_warmup!r}")
+    return int(num_warmup)
+
+
+def _empty(num_warmup: int) -> WarmupSchedule:
+    off = np.zeros(num_warmup, bool)
+    return WarmupSchedule(np.ones(num_warmup, bool), off, off.copy(), off.copy(), off.copy(),
+                          off.copy())
+
+
+def stan_schedule(num_warmup: int, *, initial_buffer: int = 75, first_window: int = 25,
+                  final_buffer: int = 50) -> WarmupSchedule:
+    """Stan's windowed schedule (:func:`~hbm.samplers.adaptation.build_schedule`) as flags:
+    accumulate in the slow windows; at each window end update the metric, restart the
+    estimator and search the step size again."""
+    num_warmup = _check_num_warmup(num_warmup)
+    windows = build_schedule(num_warmup, initial_buffer, first_window, final_buffer)
+    window_end = np.asarray(windows.window_end, bool)
+    return WarmupSchedule(
+        adapt_step_size=np.ones(num_warmup, bool),
+        accumulate_metric=np.asarray(windows.stage) == 1,
+        switch_estimator=np.zeros(num_warmup, bool),
+        update_metric=window_end.copy(),
+        restart_estimator=window_end.copy(),
+        restart_step_size=window_end.copy(),
+    )
+
+
+def early_schedule(num_warmup: int, *, first_update: int = 5, update_every: int = 1,
+                   early_switch_every: int = 10, late_switch_every: int = 80,
+                   early_fraction: float = 0.3, final_fraction: float = 0.15
+                   ) -> WarmupSchedule:
+    """The early-and-often schedule (see the module docstring).
+
+    Parameters
+    ----------
+    num_warmup
+        Number of warmup iterations; below 20 only the step size is adapted.
+    first_update
+        Draws the foreground estimator needs before the metric is first estimated.
+    update_every
+        Iterations between metric updates (a switch also updates).
+    early_switch_every, late_switch_every
+        Draws the background estimator collects before it replaces the foreground,
+        during the first ``early_fraction`` of warmup and after.
+    early_fraction, final_fraction
+        Fractions of warmup with short windows and, at the end, with a fixed metric.
+    """
+    num_warmup = _check_num_warmup(num_warmup)
+    for name, value in (("first_update", first_update), ("update_every", update_every),
+                        ("early_switch_every", early_switch_every),
+                        ("late_switch_every", late_switch_every)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
+    for name, value in (("early_fraction", early_fraction),
+                        ("final_fraction", final_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigurationError(f"{name} must lie in [0, 1), got {value!r}")
+    if early_fraction + final_fraction > 1.0:
+        raise ConfigurationError(
+            f"early_fraction + final_fraction must be <= 1, got {early_fraction} + "
+            f"{final_fraction}"
+        )
+    schedule = _empty(num_warmup)
+    if num_warmup < 20:
+        return schedule
+    metric_end = num_warmup - int(final_fraction * num_warmup)  # first step-size-only index
+    early_end = int(early_fraction * num_warmup)
+    foreground = background = 0
+    last_update = None
+    for i in range(metric_end):
+        schedule.accumulate_metric[i] = True
+        foreground += 1
+        background += 1
+        switch_every = early_switch_every if i < early_end else late_switch_every
+        too_late = i + switch_every >= metric_end
+        switched = background >= switch_every and not too_late
+        if switched:
+            schedule.switch_estimator[i] = True
+            foreground, background = background, 0
+        due = last_update is None or i - last_update >= update_every
+        if foreground >= first_update and (switched or due):
+            schedule.update_metric[i] = True
+            if last_update is None:
+                schedule.restart_step_size[i] = True
+            last_update = i
+    return schedule
+
+
+def build_warmup_schedule(name: str, num_warmup: int, **options) -> WarmupSchedule:
+    """The schedule called ``name`` (``"stan"`` or ``"early"``) for ``num_warmup``
+    iterations, with its keyword ``options``.
+
+    Raises
+    ------
+    ConfigurationError
+        Unknown ``name`` or option, or an invalid value.
+    """
+    builders = {"stan": stan_schedule, "early": early_schedule}
+    if not isinstance(name, str) or name not in builders:
+        raise ConfigurationError(
+            f"warmup_schedule must be one of {', '.join(repr(n) for n in SCHEDULE_NAMES)}, "
+            f"got {name!r}"
+        )
+    try:
+        return builders[name](num_warmup, **options)
+    except TypeError as error:  # an unknown keyword
+        raise ConfigurationError(f"warmup_schedule {name!r}: {error}") from None

@@ -1,0 +1,310 @@
+"""Mass-matrix estimators: Stan's Welford, the gradient-based diagonal, low rank plus
+diagonal (Seyboldt, Carlson & Carpenter 2026), overlapping windows, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hbm.errors import ConfigurationError, HbmError
+from hbm.samplers import welford_variance
+from hbm.samplers.mass_matrix import (
+    build_metric_adapter,
+    dense,
+    diag_grad,
+    diag_welford,
+    fisher_optimal_covariance,
+    initial_inverse_mass,
+    lowrank,
+    overlapping,
+)
+from hbm.samplers.metrics import LowRankInverseMass, to_dense_inverse_mass
+
+
+def _feed(adapter, draws, grads):
+    """The estimator's state after the draws and gradients, in order (a compiled scan)."""
+
+    def run(draws, grads):
+        return jax.lax.scan(lambda state, xg: (adapter.update(state, *xg), None),
+                            adapter.init(draws[0]), (draws, grads))[0]
+
+    return jax.jit(run)(jnp.asarray(draws), jnp.asarray(grads))
+
+
+def _gaussian_draws(cov, n, seed):
+    """Exact draws x ~ N(0, cov) and their exact gradients -cov^{-1} x."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, cov.shape[0])) @ np.linalg.cholesky(cov).T
+    return x, -np.linalg.solve(cov, x.T).T
+
+
+def _lowrank_state(adapter, draws, grads):
+    # the ring buffer filled at once (the same as feeding the draws in order when they fit)
+    state = adapter.init(jnp.asarray(draws[0]))
+    n = draws.shape[0]
+    return state._replace(draws=state.draws.at[:n].set(draws),
+                          grads=state.grads.at[:n].set(grads), count=jnp.int32(n))
+
+
+# ---------------------------------------------------------------- Stan's estimators
+
+
+@pytest.mark.parametrize("make, is_dense", [(diag_welford, False), (dense, True)])
+def test_welford_adapters_are_stans_estimates(make, is_dense):
+    rng = np.random.default_rng(0)
+    draws, grads = rng.normal(size=(30, 4)), rng.normal(size=(30, 4))
+    adapter = make()
+    w_init, w_update, w_final = welford_variance(is_dense)
+    reference = w_init(4)
+    for x in draws:
+        reference = w_update(reference, jnp.asarray(x))
+    np.testing.assert_allclose(adapter.final(_feed(adapter, draws, grads)),
+                               w_final(reference), rtol=1e-13)
+    start = adapter.initial(jnp.zeros(4), jnp.ones(4))
+    np.testing.assert_array_equal(start, np.eye(4) if is_dense else np.ones(4))
+
+
+# ---------------------------------------------------------------- gradient-based diagonal
+
+
+def test_diag_grad_is_exact_on_a_diagonal_gaussian():
+    # g_i = -x_i / s_i^2, so the sample variances satisfy Var(x_i) / Var(g_i) = s_i^4 for
+    # every sample, and the estimate sqrt(Var(x) / Var(g)) = s^2 exactly, from 3 draws on.
+    scales = np.array([1e-3, 0.1, 1.0, 7.0, 300.0])
+    draws, grads = _gaussian_draws(np.diag(scales**2), 3, seed=1)
+    adapter = diag_grad()
+    np.testing.assert_allclose(adapter.final(_feed(adapter, draws, grads)), scales**2,
+                               rtol=1e-12)
+
+
+def test_diag_grad_is_consistent_on_a_correlated_gaussian():
+    # The limit is D_i = sqrt(Sigma_ii / (Sigma^{-1})_ii). By the delta method, with
+    # Cov(x_i, g_i) = -1, Var(log D_hat_i) = (1 - 1 / (Sigma_ii (Sigma^{-1})_ii)) / n;
+    # z-test every coordinate at n = 20000 (|z| < 4 for all 6: false alarm rate ~ 4e-4).
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(6, 6))
+    cov = a @ a.T / 6 + 0.3 * np.eye(6)
+    precision = np.linalg.inv(cov)
+    n = 20000
+    draws, grads = _gaussian_draws(cov, n, seed=3)
+    adapter = diag_grad()
+    estimate = np.asarray(adapter.final(_feed(adapter, draws, grads)))
+    limit = np.sqrt(np.diag(cov) / np.diag(precision))
+    standard_error = np.sqrt((1 - 1 / (np.diag(cov) * np.diag(precision))) / n)
+    z = (np.log(estimate) - np.log(limit)) / standard_error
+    assert np.all(np.abs(z) < 4.0), z
+
+
+def test_diag_grad_without_enough_draws_is_the_identity():
+    adapter = diag_grad()
+    state = _feed(adapter, np.ones((1, 3)), np.ones((1, 3)))
+    np.testing.assert_array_equal(adapter.final(state), np.ones(3))
+    np.testing.assert_array_equal(adapter.final(adapter.init(jnp.zeros(3))), np.ones(3))
+
+
+# ---------------------------------------------------------------- low rank
+
+
+def _reference_lowrank(draws, grads, max_rank, cutoff, gamma):
+    """The estimator written out densely in NumPy on the span of the data."""
+    n = draws.shape[0]
+    xc, gc = draws - draws.mean(0), grads - grads.mean(0)
+    diagonal = np.sqrt(xc.var(0) / gc.var(0))
+    xs, gs = xc / np.sqrt(diagonal), gc * np.sqrt(diagonal)
+    span = np.linalg.svd(np.concatenate([xs.T, gs.T], 1), full_matrices=False)[0]
+    span = span[:, : np.linalg.matrix_rank(np.concatenate([xs.T, gs.T], 1))]
+    px, pg = xs @ span, gs @ span
+    eye = np.eye(span.shape[1])
+    cx, cg = px.T @ px / n + gamma * eye, pg.T @ pg / n + gamma * eye
+    w, v = np.linalg.eigh(cg)
+    cg_half, cg_minus_half = (v * np.sqrt(w)) @ v.T, (v / np.sqrt(w)) @ v.T
+    w, v = np.linalg.eigh(cg_half @ cx @ cg_half)
+    s = cg_minus_half @ ((v * np.sqrt(w)) @ v.T) @ cg_minus_half
+    values, vectors = np.linalg.eigh(s)
+    order = np.argsort(-np.abs(np.log(values)))[:max_rank]
+    order = order[np.abs(np.log(values[order])) > np.log(cutoff)]
+    u = span @ vectors[:, order]
+    inner = np.eye(draws.shape[1]) + u @ np.diag(values[order] - 1) @ u.T
+    return np.sqrt(diagonal)[:, None] * inner * np.sqrt(diagonal)[None, :], len(order)
+
+
+@pytest.mark.parametrize(
+    "dim, buffer_size, num_draws",
+    [(6, 40, 40),    # more draws than dimensions: the whole space
+     (30, 8, 8),     # fewer: the subspace spanned by the draws and gradients
+     (30, 8, 5),     # buffer partly filled
+     (30, 8, 13)],   # ring buffer wrapped: only the last 8 draws count
+)
+def test_lowrank_matches_a_dense_reference(dim, buffer_size, num_draws):
+    rng = np.random.default_rng(dim + num_draws)
+    a = rng.normal(size=(dim, dim))
+    cov = a @ a.T / dim + 0.05 * np.eye(dim)
+    draws, grads = _gaussian_draws(cov, num_draws, seed=4)
+    grads = grads + 0.3 * rng.normal(size=grads.shape)  # not a Gaussian's gradients
+    adapter = lowrank(3, buffer_size=buffer_size, eigenvalue_cutoff=1.5, regularization=1e-2)
+    estimate = jax.jit(adapter.final)(_feed(adapter, draws, grads))
+    assert isinstance(estimate, LowRankInverseMass)
+    assert estimate.eigenvectors.shape == (dim, 3) and estimate.eigenvalues.shape == (3,)
+    kept = slice(max(0, num_draws - buffer_size), num_draws)
+    reference, rank = _reference_lowrank(draws[kept], grads[kept], 3, 1.5, 1e-2)
+    np.testing.assert_allclose(to_dense_inverse_mass(estimate), reference, rtol=1e-7,
+                               atol=1e-9 * np.abs(reference).max())
+    assert int(np.sum(np.asarray(estimate.eigenvalues) != 1.0)) == rank
+
+
+def test_fisher_optimal_covariance_solves_the_riccati_equation():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(2, 5, 5))
+    cx, cg = a @ a.T + 0.1 * np.eye(5), b @ b.T + 0.1 * np.eye(5)
+    s = np.asarray(fisher_optimal_covariance(jnp.asarray(cx), jnp.asarray(cg)))
+    np.testing.assert_allclose(s @ cg @ s, cx, rtol=1e-9, atol=1e-11)
+    assert np.all(np.linalg.eigvalsh(s) > 0)
+    # the geometric mean of A and A^{-1} is the identity
+    np.testing.assert_allclose(fisher_optimal_covariance(jnp.asarray(cx), jnp.asarray(cx)),
+                               np.eye(5), atol=1e-10)
+
+
+def test_fisher_optimal_covariance_is_bounded_in_float32():
+    # Ill-conditioned C + gamma I in float32: eigh's rounding error (~1e-7 * 1e5) exceeds
+    # gamma, so a computed eigenvalue can be negative; raising it to the known floor gamma
+    # keeps S within its Loewner bounds sqrt(min eig C_x / max eig C_g) I <= S <=
+    # sqrt(max eig C_x / min eig C_g) I (without the floor the result here is ~1e30).
+    rng = np.random.default_rng(0)
+    q = np.linalg.qr(rng.normal(size=(4, 4)))[0]
+    gamma = 1e-3
+    cg = q @ np.diag([1e5, 3.0, 1e-3, 0.0]) @ q.T + gamma * np.eye(4)
+    cx = q @ np.diag([1e-4, 0.5, 2e2, 0.0]) @ q.T + gamma * np.eye(4)
+    s = fisher_optimal_covariance(jnp.asarray(cx, jnp.float32), jnp.asarray(cg, jnp.float32),
+                                  gamma)
+    assert s.dtype == jnp.float32
+    values = np.linalg.eigvalsh(np.asarray(s, np.float64))
+    cx_values, cg_values = np.linalg.eigvalsh(cx), np.linalg.eigvalsh(cg)
+    lower = np.sqrt(cx_values.min() / cg_values.max())
+    upper = np.sqrt(cx_values.max() / cg_values.min())
+    assert np.all(values >= lower * (1 - 1e-5)) and np.all(values <= upper * (1 + 1e-5)), values
+
+
+def _strong_directions_gaussian(dim=20, seed=0):
+    """Sigma = D0^{1/2} (I + V (L - I) V^T) D0^{1/2} with V four Walsh vectors (entries
+    +-1/sqrt(d)) and L = (50, 1/50, 10, 1/10): reciprocal pairs with equal squared
+    loadings make sqrt(Sigma_ii / (Sigma^{-1})_ii) = D0_i, so the estimator's population
+    limit has exactly these four eigenvalues outside [1/2, 2] and 1 elsewhere."""
+    walsh = np.array([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], float)
+    vectors = np.tile(walsh, (1, dim // 4)).T / np.sqrt(dim)
+    values = np.array([50.0, 0.02, 10.0, 0.1])
+    d0 = np.exp(np.random.default_rng(seed).normal(size=dim))
+    inner = np.eye(dim) + vectors @ np.diag(values - 1) @ vectors.T
+    return np.sqrt(d0)[:, None] * inner * np.sqrt(d0)[None, :], values
+
+
+def test_lowrank_eigenvalues_converge_on_a_gaussian():
+    # Exact draws and gradients: the geometric mean cancels the sampling error of the
+    # covariance (G(A, A^{-1}) = I), so the error comes from the estimated diagonal D_hat:
+    # to first order the relative error of each eigenvalue is -(1/d) sum_i (log D_hat_i -
+    # log D0_i), log D_hat_i = (log Var_hat x_i - log Var_hat g_i) / 2, and for jointly
+    # Gaussian (x, g) with covariance C, Cov(log Var_hat_k, log Var_hat_l) = 2 C_kl^2 /
+    # (n C_kk C_ll): a standard error ~ 1/sqrt(n), computed exactly below (checked against
+    # 300 replicates: z has mean ~0 and sd ~1). The target is the regularized limit
+    # sqrt((lambda + gamma) / (1/lambda + gamma)). z-test, |z| < 4, at n = 500 and 4000.
+    cov, values = _strong_directions_gaussian()
+    dim, gamma = cov.shape[0], 1e-3
+    target = np.sqrt((values + gamma) / (1 / values + gamma))
+    joint = np.block([[cov, -np.eye(dim)], [-np.eye(dim), np.linalg.inv(cov)]])
+    weights = -np.concatenate([np.ones(dim), -np.ones(dim)]) / (2 * dim)
+    for n in (500, 4000):
+        log_var_cov = 2 * joint**2 / np.outer(np.diag(joint), np.diag(joint)) / n
+        standard_error = np.sqrt(weights @ log_var_cov @ weights)
+        draws, grads = _gaussian_draws(cov, n, seed=n)
+        adapter = lowrank(6, buffer_size=n, regularization=gamma)
+        estimate = jax.jit(adapter.final)(_lowrank_state(adapter, draws, grads))
+        found = np.asarray(estimate.eigenvalues)
+        assert np.sum(found != 1.0) == 4, found  # the rank is chosen by the data
+        active = np.sort(found[found != 1.0])
+        z = (active / np.sort(target) - 1) / standard_error
+        assert np.all(np.abs(z) < 4.0), (n, z)
+
+
+def test_lowrank_without_enough_draws_is_its_diagonal():
+    adapter = lowrank(2)
+    estimate = jax.jit(adapter.final)(_feed(adapter, np.ones((2, 4)), np.ones((2, 4))))
+    np.testing.assert_array_equal(estimate.eigenvalues, np.ones(2))
+
+
+def test_lowrank_update_and_final_vmap_over_chains():
+    adapter = lowrank(2, buffer_size=16)
+    cov, _ = _strong_directions_gaussian(dim=8)
+    draws, grads = _gaussian_draws(cov, 3 * 12, seed=7)
+    draws, grads = draws.reshape(3, 12, 8), grads.reshape(3, 12, 8)
+
+    def one_chain(x, g):
+        state = jax.lax.scan(lambda s, xg: (adapter.update(s, *xg), None),
+                             adapter.init(x[0]), (x, g))[0]
+        return adapter.final(state)
+
+    batched = jax.jit(jax.vmap(one_chain))(jnp.asarray(draws), jnp.asarray(grads))
+    one_chain = jax.jit(one_chain)
+    for chain in range(3):
+        single = one_chain(jnp.asarray(draws[chain]), jnp.asarray(grads[chain]))
+        np.testing.assert_allclose(
+            to_dense_inverse_mass(jax.tree.map(lambda a: a[chain], batched)),
+            to_dense_inverse_mass(single), rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------- first guess, windows
+
+
+def test_initial_inverse_mass_from_the_gradient():
+    grad = jnp.array([2.0, -0.5, 0.0, 1e6, jnp.nan])
+    guess = initial_inverse_mass(jnp.zeros(5), grad)
+    np.testing.assert_array_equal(guess, [0.5, 2.0, 1e3, 1e-3, 1.0])
+    start = lowrank(3).initial(jnp.zeros(5), grad)
+    np.testing.assert_array_equal(start.diagonal, guess)
+    np.testing.assert_array_equal(start.eigenvalues, np.ones(3))
+    np.testing.assert_array_equal(diag_grad().initial(jnp.zeros(5), grad), guess)
+    np.testing.assert_array_equal(diag_grad(init_from_gradient=False).initial(
+        jnp.zeros(5), grad), np.ones(5))
+
+
+@pytest.mark.parametrize("name", ["diag", "diag_grad", "lowrank", "dense"])
+def test_overlapping_switch_forgets_old_draws(name):
+    # feed 0..4, switch, 5..9, switch, 10..12: the foreground has seen exactly 5..12
+    rng = np.random.default_rng(8)
+    draws, grads = rng.normal(size=(13, 3)), rng.normal(size=(13, 3))
+    base = build_metric_adapter(name)
+    pair = overlapping(base)
+    state = pair.init(jnp.zeros(3))
+    update = jax.jit(pair.update)
+    for i in range(13):
+        state = update(state, jnp.asarray(draws[i]), jnp.asarray(grads[i]))
+        if i in (4, 9):
+            state = pair.switch(state)
+    final = jax.jit(base.final)
+    expected = final(_feed(base, draws[5:], grads[5:]))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14),
+                 final(state.foreground), expected)
+    restarted = pair.restart(state)
+    jax.tree.map(np.testing.assert_array_equal, restarted.foreground,
+                 base.init(jnp.zeros(3)))
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_bad_configuration_raises():
+    with pytest.raises(ConfigurationError, match="metric"):
+        build_metric_adapter("diagonal")
+    with pytest.raises(ConfigurationError, match="max_rank"):
+        build_metric_adapter("lowrank", max_rank=0)
+    with pytest.raises(ConfigurationError, match="max_rank"):
+        lowrank(2.5)
+    with pytest.raises(ConfigurationError, match="buffer_size"):
+        lowrank(2, buffer_size=2)
+    with pytest.raises(ConfigurationError, match="eigenvalue_cutoff"):
+        lowrank(2, eigenvalue_cutoff=0.5)
+    with pytest.raises(ConfigurationError, match="regularization"):
+        lowrank(2, regularization=0.0)
+    with pytest.raises(ConfigurationError, match="max_rank"):
+        build_metric_adapter("diag", max_rank=3)  # an option of another metric
+    with pytest.raises(ConfigurationError, match="lower"):
+        initial_inverse_mass(jnp.zeros(2), jnp.ones(2), lower=0.0)
+    assert issubclass(ConfigurationError, HbmError)
