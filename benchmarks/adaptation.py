@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 import hbm  # noqa: E402
 from benchmarks import posteriordb_models  # noqa: E402
+from benchmarks.ess_per_second import min_bulk_ess  # noqa: E402
 from hbm.diagnostics import HbmWarning  # noqa: E402
 
 #: label -> keyword arguments of hbm.sample
@@ -54,24 +55,6 @@ CONFIGS = {
 
 
 # ---------------------------------------------------------------------- measurement
-
-
-def min_bulk_ess(draws: dict) -> tuple[float, str]:
-    """Minimum bulk ESS over every non-constant scalar of ``draws`` (chain, draw, ...)."""
-    import arviz as az
-
-    best, where = np.inf, ""
-    for name, value in draws.items():
-        value = np.asarray(value, np.float64)
-        flat = value.reshape(value.shape[:2] + (-1,))
-        for i in range(flat.shape[-1]):
-            x = flat[..., i]
-            if np.ptp(x) <= 1e-12 * max(1.0, np.max(np.abs(x))):
-                continue
-            ess = float(az.ess(x, method="bulk"))
-            if ess < best:
-                best, where = ess, f"{name}[{i}]" if flat.shape[-1] > 1 else name
-    return best, where
 
 
 def run_with_sample(model, data, options, *, chains, warmup, draws, seed, reparam):

@@ -37,7 +37,7 @@ from jax import lax
 from hbm.errors import ConfigurationError
 from hbm.samplers.integrators import IntegratorState, velocity_verlet
 from hbm.samplers.metrics import gaussian_euclidean
-from hbm.samplers.nuts import HMCState, NUTSInfo
+from hbm.samplers.nuts import HMCState, NUTSInfo, transition_outcome
 from hbm.samplers.nuts import init as nuts_init
 from hbm.samplers.trajectory import (
     TrajectoryState,
@@ -222,22 +222,8 @@ def _run(keys, initial_positions, step_size, inverse_mass_matrix, data, *, logde
     def finish(member: MemberState, inverse_mass):
         """The new chain state and the transition's info (as the kernel computes them)."""
         metric_fns = metric(inverse_mass)
-        result = trajectory_result(member.trajectory)
-        proposal = result.proposal
-        state = member.hmc_state
-        initial_energy = -state.logdensity + metric_fns.kinetic_energy(member.momentum)
-        new_state = HMCState(proposal.position, proposal.logdensity, proposal.logdensity_grad)
-        info = NUTSInfo(
-            momentum=member.momentum,
-            is_divergent=result.is_divergent,
-            is_turning=result.is_turning,
-            energy=proposal.energy,
-            tree_depth=result.tree_depth,
-            num_steps=result.num_steps,
-            acceptance_rate=result.sum_acceptance / jnp.maximum(result.num_steps, 1),
-            energy_error=proposal.energy - initial_energy,
-        )
-        return new_state, info
+        return transition_outcome(member.hmc_state, member.momentum,
+                                  trajectory_result(member.trajectory), metric_fns)
 
     data_axes = None if data is None else 0
     initial_states = jax.vmap(

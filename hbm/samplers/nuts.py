@@ -19,7 +19,7 @@ from hbm.samplers.integrators import IntegratorState, velocity_verlet
 from hbm.samplers.metrics import gaussian_euclidean
 from hbm.samplers.trajectory import build_trajectory
 
-__all__ = ["HMCState", "NUTSInfo", "init", "build_kernel"]
+__all__ = ["HMCState", "NUTSInfo", "init", "build_kernel", "transition_outcome"]
 
 
 class HMCState(NamedTuple):
@@ -111,19 +111,26 @@ def build_kernel(max_tree_depth: int = 10, divergence_threshold: float = 1000.0,
             max_tree_depth=max_tree_depth,
             divergence_threshold=divergence_threshold,
         )
-        proposal = result.proposal
-        initial_energy = -state.logdensity + metric_fns.kinetic_energy(momentum)
-        new_state = HMCState(proposal.position, proposal.logdensity, proposal.logdensity_grad)
-        info = NUTSInfo(
-            momentum=momentum,
-            is_divergent=result.is_divergent,
-            is_turning=result.is_turning,
-            energy=proposal.energy,
-            tree_depth=result.tree_depth,
-            num_steps=result.num_steps,
-            acceptance_rate=result.sum_acceptance / jnp.maximum(result.num_steps, 1),
-            energy_error=proposal.energy - initial_energy,
-        )
-        return new_state, info
+        return transition_outcome(state, momentum, result, metric_fns)
 
     return kernel
+
+
+def transition_outcome(state: HMCState, momentum, result, metric) -> tuple[HMCState, NUTSInfo]:
+    """The new state and the :class:`NUTSInfo` of a transition from ``state`` with
+    ``momentum`` whose finished trajectory is ``result``
+    (:class:`~hbm.samplers.trajectory.TrajectoryResult`)."""
+    proposal = result.proposal
+    initial_energy = -state.logdensity + metric.kinetic_energy(momentum)
+    new_state = HMCState(proposal.position, proposal.logdensity, proposal.logdensity_grad)
+    info = NUTSInfo(
+        momentum=momentum,
+        is_divergent=result.is_divergent,
+        is_turning=result.is_turning,
+        energy=proposal.energy,
+        tree_depth=result.tree_depth,
+        num_steps=result.num_steps,
+        acceptance_rate=result.sum_acceptance / jnp.maximum(result.num_steps, 1),
+        energy_error=proposal.energy - initial_energy,
+    )
+    return new_state, info
