@@ -460,16 +460,12 @@ def run_hbm(spec: Spec, chains, warmup, draws, seeds) -> RunResult:
                      [float(f.info["times"]["sampling"]) for f in fits], sampling_grads)
 
 
-def run_blackjax(spec: Spec, chains, warmup, draws, seeds) -> RunResult:
-    """``window_adaptation(nuts)`` then a ``lax.scan`` of ``nuts.step``, per chain,
-    ``vmap``ped over chains; warmup and sampling are two jitted programs (timed apart)."""
+def blackjax_programs(logdensity: Callable, warmup: int, draws: int):
+    """BlackJAX's ``window_adaptation(nuts)`` and a ``lax.scan`` of ``nuts.step`` for one
+    chain, jitted and vmapped over chains: ``warm(keys, positions) -> (state, step_size,
+    inverse_mass_matrix, warmup leapfrog steps)`` and ``sample(keys, state, step_size,
+    inverse_mass_matrix) -> (positions, leapfrog steps, divergences)``."""
     import blackjax
-
-    dtype = jnp.result_type(float)
-    data = {k: jnp.asarray(v, dtype if np.issubdtype(np.asarray(v).dtype, np.floating) else None)
-            for k, v in spec.data.items()}
-    logdensity = lambda x: spec.blackjax_logdensity(x, data)
-    dim = spec.hbm_model.bind(spec.data).size
 
     def warm_one(key, position):
         adapt = blackjax.window_adaptation(blackjax.nuts, logdensity)
@@ -483,13 +479,23 @@ def run_blackjax(spec: Spec, chains, warmup, draws, seeds) -> RunResult:
 
         def step(st, k):
             st, info = kernel.step(k, st)
-            return st, (st.position, info.num_integration_steps)
+            return st, (st.position, info.num_integration_steps, info.is_divergent)
 
-        _, (xs, nsteps) = jax.lax.scan(step, state, jax.random.split(key, draws))
-        return xs, jnp.sum(nsteps)
+        _, (xs, nsteps, divergent) = jax.lax.scan(step, state, jax.random.split(key, draws))
+        return xs, jnp.sum(nsteps), jnp.sum(divergent)
 
-    warm = jax.jit(jax.vmap(warm_one))
-    sample = jax.jit(jax.vmap(sample_one))
+    return jax.jit(jax.vmap(warm_one)), jax.jit(jax.vmap(sample_one))
+
+
+def run_blackjax(spec: Spec, chains, warmup, draws, seeds) -> RunResult:
+    """``window_adaptation(nuts)`` then a ``lax.scan`` of ``nuts.step``, per chain,
+    ``vmap``ped over chains; warmup and sampling are two jitted programs (timed apart)."""
+    dtype = jnp.result_type(float)
+    data = {k: jnp.asarray(v, dtype if np.issubdtype(np.asarray(v).dtype, np.floating) else None)
+            for k, v in spec.data.items()}
+    dim = spec.hbm_model.bind(spec.data).size
+    warm, sample = blackjax_programs(lambda x: spec.blackjax_logdensity(x, data), warmup,
+                                     draws)
     times, outs, compiles, sampling_times = [], [], [], []
     for seed in seeds:
         key = jax.random.PRNGKey(seed)
@@ -499,8 +505,8 @@ def run_blackjax(spec: Spec, chains, warmup, draws, seeds) -> RunResult:
             state, step_size, inverse_mass, warm_steps = _block(
                 warm(jax.random.split(warm_key, chains), positions))
             with _Timer() as ts:
-                xs, steps = _block(sample(jax.random.split(sample_key, chains), state,
-                                          step_size, inverse_mass))
+                xs, steps, _ = _block(sample(jax.random.split(sample_key, chains), state,
+                                             step_size, inverse_mass))
         times.append(t.seconds)
         compiles.append(t.compile_seconds)
         sampling_times.append(ts.seconds - ts.compile_seconds)

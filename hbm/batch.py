@@ -8,8 +8,11 @@ per shape and streams batches of data sets through it:
 * :func:`build_batched_map`: L-BFGS (the pure loop of :mod:`hbm.samplers.optimize`) from
   several restarts per data set, the best finite restart kept, all on the device.
 * :func:`build_batched_nuts`: per chain, the engine's warmup + sampling program
-  (:func:`hbm.inference.engine.build_chain_program`, the one :func:`hbm.sample` runs:
-  Stan's windowed warmup and multinomial NUTS), then the draws are reduced on the device
+  (:func:`hbm.inference.engine.build_chain_program`, the one :func:`hbm.sample` runs,
+  with its default warmup, and multinomial NUTS), vmapped over data sets and chains or,
+  with ``lockstep_free=True``, as one lockstep-free loop
+  (:func:`hbm.samplers.lockstep_free.run_lockstep_free_chains`); then the draws are
+  reduced on the device
   to per-data-set summaries (:func:`summarize_draws`), so only
   ``O(data sets x parameters)`` numbers leave it, never the draws.
 
@@ -220,32 +223,41 @@ def build_batched_map(bound, *, jacobian: bool = False, restarts: int = 4,
 class BatchNUTS(NamedTuple):
     """Per data set: :class:`DrawSummary` of the constrained parameters ``(S, k)``,
     ``divergences`` (S,) during sampling, ``mean_steps`` (S,) gradient evaluations per
-    draw, ``step_size`` (S, chains)."""
+    draw, ``step_size`` (S, chains); ``useful_leapfrog_fraction`` (S,): the batch's
+    leapfrog steps over the gradient slots its loop evaluated (the same for every data
+    set of a batch; lockstep: ``None``)."""
 
     summary: DrawSummary
     divergences: jax.Array
     mean_steps: jax.Array
     step_size: jax.Array
+    useful_leapfrog_fraction: jax.Array | None = None
 
 
 def build_chain_draws(bound, *, warmup: int = 1000, draws: int = 1000,
                       max_tree_depth: int = 10, target_accept: float = 0.8,
-                      dense_mass: bool = False, radius: float = 2.0) -> Callable:
-    """One chain of the engine's NUTS run (Stan's warmup, then ``draws`` transitions) on
+                      dense_mass: bool = False, radius: float = 2.0,
+                      metric: str | None = None,
+                      warmup_schedule: str | None = None) -> Callable:
+    """One chain of the engine's NUTS run (warmup with ``hbm.sample``'s default metric
+    and schedule unless given, then ``draws`` transitions) on
     the data passed to it: ``one_chain(key, data) -> (values (draws, k) constrained in
     :func:`constrained_layout` order, divergences, mean gradient evaluations per draw,
     step size)``. Pure: vmap it over chains and data sets."""
     from hbm.inference.engine import (build_chain_program, no_adaptation,
                                       schedule_for_chunks, slice_schedule)
-    from hbm.inference.settings import KernelSettings
+    from hbm.inference.settings import (DEFAULT_METRIC, DEFAULT_WARMUP_SCHEDULE,
+                                        KernelSettings)
 
+    settings = KernelSettings(int(max_tree_depth), float(target_accept),
+                              metric=metric or ("dense" if dense_mass else DEFAULT_METRIC),
+                              warmup_schedule=warmup_schedule or DEFAULT_WARMUP_SCHEDULE)
     warmup, draws = int(warmup), int(draws)
-    program = build_chain_program(
-        lambda x, data, weights: bound.logdensity(x, data),
-        KernelSettings(int(max_tree_depth), float(target_accept),
-                       metric="dense" if dense_mass else "diag"))
-    warmup_flags = slice_schedule(schedule_for_chunks("stan", warmup, max(warmup, 1)), 0,
-                                  warmup)
+    program = build_chain_program(lambda x, data, weights: bound.logdensity(x, data),
+                                  settings)
+    warmup_flags = slice_schedule(schedule_for_chunks(settings.warmup_schedule, warmup,
+                                                      max(warmup, 1), settings.metric),
+                                  0, warmup)
 
     def one_chain(key, data):
         init_key, search_key, warmup_key, draw_key = jax.random.split(key, 4)
@@ -265,15 +277,23 @@ def build_chain_draws(bound, *, warmup: int = 1000, draws: int = 1000,
 
 def build_batched_nuts(bound, *, chains: int = 4, warmup: int = 1000, draws: int = 1000,
                        max_tree_depth: int = 10, target_accept: float = 0.8,
-                       dense_mass: bool = False, radius: float = 2.0) -> Callable:
+                       dense_mass: bool = False, radius: float = 2.0,
+                       lockstep_free: bool = False) -> Callable:
     """A compiled NUTS run (warmup, sampling, on-device summaries) over a batch of data sets.
+
+    With ``lockstep_free`` every chain of every data set advances its own trajectory one
+    leapfrog step per iteration of one shared loop
+    (:func:`hbm.samplers.lockstep_free.run_lockstep_free_chains`) instead of ``vmap``
+    over data sets and chains, where each transition waits for the longest tree of the
+    batch; same keys, same decisions (to floating-point rounding).
 
     Parameters
     ----------
     bound : :class:`~hbm.model.BoundModel`
         Bound to one data set of the right shapes, in the parameterization to sample.
     chains, warmup, draws
-        Chains per data set, warmup iterations (Stan's windows) and kept draws.
+        Chains per data set, warmup iterations (``hbm.sample``'s default adaptation) and
+        kept draws.
     max_tree_depth, target_accept, dense_mass
         As :func:`hbm.sample`.
     radius
@@ -287,6 +307,10 @@ def build_batched_nuts(bound, *, chains: int = 4, warmup: int = 1000, draws: int
     chains, warmup, draws = int(chains), int(warmup), int(draws)
     if chains < 1 or warmup < 0 or draws < 4:
         raise ConfigurationError("need chains >= 1, warmup >= 0 and draws >= 4")
+    if lockstep_free:
+        return _build_lockstep_free_nuts(
+            bound, chains=chains, warmup=warmup, draws=draws, max_tree_depth=max_tree_depth,
+            target_accept=target_accept, dense_mass=dense_mass, radius=radius)
     one_chain = build_chain_draws(bound, warmup=warmup, draws=draws,
                                   max_tree_depth=max_tree_depth, target_accept=target_accept,
                                   dense_mass=dense_mass, radius=radius)
@@ -302,6 +326,61 @@ def build_batched_nuts(bound, *, chains: int = 4, warmup: int = 1000, draws: int
     def run_traced(keys, batched, shared):
         traces[0] += 1
         return jax.vmap(one_dataset, in_axes=(0, 0, None))(keys, batched, shared)
+
+    return _Program(jax.jit(run_traced), traces)
+
+
+def _build_lockstep_free_nuts(bound, *, chains, warmup, draws, max_tree_depth, target_accept,
+                              dense_mass, radius) -> Callable:
+    """:func:`build_batched_nuts` without lockstep: members are (data set, chain) pairs,
+    keyed and started exactly as :func:`build_chain_draws` keys and starts its chain."""
+    from hbm.inference.engine import build_chain_program, schedule_for_chunks, slice_schedule
+    from hbm.inference.settings import (DEFAULT_METRIC, DEFAULT_WARMUP_SCHEDULE,
+                                        KernelSettings)
+    from hbm.samplers.adaptation import metric_estimator
+    from hbm.samplers.lockstep_free import run_lockstep_free_chains
+
+    settings = KernelSettings(int(max_tree_depth), float(target_accept),
+                              metric="dense" if dense_mass else DEFAULT_METRIC,
+                              warmup_schedule=DEFAULT_WARMUP_SCHEDULE)
+    program = build_chain_program(lambda x, data, weights: bound.logdensity(x, data),
+                                  settings)
+    estimator = metric_estimator(settings.metric, settings.warmup_schedule)
+    flags = slice_schedule(schedule_for_chunks(settings.warmup_schedule, warmup,
+                                               max(warmup, 1), settings.metric), 0, warmup)
+    traces = [0]
+
+    def run_traced(keys, batched, shared):
+        traces[0] += 1
+        num_datasets = keys.shape[0]
+        dtype = jnp.result_type(float)
+        chain_keys = jax.vmap(lambda key: jax.vmap(lambda c: jax.random.fold_in(key, c))(
+            jnp.arange(chains)))(keys).reshape((num_datasets * chains,) + keys.shape[1:])
+        init_keys, search_keys, warmup_keys, draw_keys = jnp.moveaxis(
+            jax.vmap(lambda key: jax.random.split(key, 4))(chain_keys), 1, 0)
+        member_data = jax.tree.map(lambda a: jnp.repeat(a, chains, axis=0), batched)
+
+        def logdensity(x, member):
+            return bound.logdensity(x, _merge(shared, member))
+
+        positions = jax.vmap(lambda key: jax.random.uniform(
+            key, (bound.size,), dtype, -radius, radius))(init_keys)
+        initial = jax.vmap(lambda key, x, member: program.init(
+            key, x, _merge(shared, member), None, None))(search_keys, positions, member_data)
+        result = run_lockstep_free_chains(
+            warmup_keys, draw_keys, initial, logdensity, warmup, draws, flags,
+            estimator=estimator, max_tree_depth=settings.max_tree_depth,
+            target_accept=settings.target_accept, data=member_data)
+        values = jax.vmap(lambda xs, member: jax.vmap(
+            lambda x: _flat_constrained(bound, x, _merge(shared, member)))(xs))(
+            result.positions, member_data)
+        per_dataset = (num_datasets, chains)
+        values = values.reshape(per_dataset + values.shape[1:])
+        divergent = result.infos.is_divergent.sum(-1).reshape(per_dataset)
+        steps = result.infos.num_steps.mean(-1).reshape(per_dataset)
+        return BatchNUTS(jax.vmap(summarize_draws)(values), divergent.sum(-1),
+                         steps.mean(-1), result.chains.step_size.reshape(per_dataset),
+                         jnp.full((num_datasets,), result.useful_leapfrog_fraction))
 
     return _Program(jax.jit(run_traced), traces)
 

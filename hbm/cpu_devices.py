@@ -69,12 +69,16 @@ def request_host_devices() -> int | None:
     return count
 
 
-def resolve_chain_method(chain_method: str, num_chains: int) -> str:
+def resolve_chain_method(chain_method: str, num_chains: int, *,
+                         linear_algebra: bool = False) -> str:
     """``"auto"`` -> ``"sharded"`` when the local devices of the default backend can share
-    ``num_chains`` evenly among two or more of them, else ``"vectorized"``; any other
-    method is returned as is."""
+    ``num_chains`` evenly among two or more of them and the program calls no LAPACK
+    routine (``linear_algebra``; see :mod:`hbm.inference.chains`), else
+    ``"vectorized"``; any other method is returned as is."""
     if chain_method != "auto":
         return chain_method
+    if linear_algebra:
+        return "vectorized"
     import jax
 
     devices = len(jax.local_devices())

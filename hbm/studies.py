@@ -366,7 +366,7 @@ def _batch_file(config: int, batch: int) -> str:
 def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chains: int = 4,
           warmup: int = 1000, draws: int = 1000, seed: int = 0, batch_size: int | None = None,
           progress: bool = True, directory=None, restarts: int = 4,
-          _after_batch: Callable | None = None) -> StudyResult:
+          lockstep_free: bool = False, _after_batch: Callable | None = None) -> StudyResult:
     """Simulate data sets at true parameter values and fit each with MAP and NUTS.
 
     For every configuration of true values, ``datasets`` data sets are simulated from the
@@ -377,8 +377,8 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
     effects per data set), and the table's ``truth`` is the value used. Every data set is
     fitted with the classical MAP (``jacobian=False``, centered parameterization), the MAP
     with the Jacobian (the mode of the unconstrained density, non-centered) and NUTS
-    (non-centered, Stan's warmup), each compiled once per shape and vectorized over data
-    sets and chains (:mod:`hbm.batch`); draws are reduced on the device. Batches of
+    (non-centered, ``hbm.sample``'s warmup), each compiled once per shape and vectorized
+    over data sets and chains (:mod:`hbm.batch`); draws are reduced on the device. Batches of
     ``batch_size`` data sets stream through the compiled programs.
 
     Parameters
@@ -408,6 +408,14 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
         settings continues from the batches done; other settings raise ConfigurationError.
     restarts : int
         L-BFGS restarts per data set for each MAP.
+    lockstep_free : bool
+        Run NUTS without lockstep: every chain of every data set of a batch advances its
+        own trajectory one leapfrog step per iteration of one shared loop
+        (:func:`hbm.samplers.lockstep_free.run_lockstep_free_chains`), instead of waiting
+        for the longest tree of the batch at every transition. Same keys, same decisions
+        (to rounding). Off by default: on a CPU its per-step bookkeeping costs more than
+        the idle lanes it saves (``benchmarks/study.py`` measures both); the useful
+        fraction is ``.info["useful_leapfrog_fraction"]``.
 
     Returns
     -------
@@ -451,11 +459,13 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
                                                          restarts=restarts)
         if "nuts" in methods:
             programs["nuts"] = build_batched_nuts(design.noncentered, chains=chains,
-                                                  warmup=warmup, draws=draws)
+                                                  warmup=warmup, draws=draws,
+                                                  lockstep_free=bool(lockstep_free))
         return programs
 
     programs = dict(_cached_programs(model, ("study", design.centered.signature, methods,
-                                             chains, warmup, draws, restarts), build))
+                                             chains, warmup, draws, restarts,
+                                             bool(lockstep_free)), build))
     simulate = programs.pop("simulate")
     k = design.layout.size
     batches_per_config = -(-datasets // batch)
@@ -466,6 +476,7 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
         with np.load(path / entry) as stored:
             results[(int(parts[1]), int(parts[3]))] = {n: stored[n] for n in stored.files}
     resumed = len(results)
+    fractions = []
     start_all = time.perf_counter()
     bar = _progress(len(configurations) * batches_per_config, len(results), progress,
                     "study")
@@ -499,6 +510,8 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
                         out["ess_bulk"] = np.asarray(s.ess_bulk)[:count]
                         out["divergences"] = np.asarray(fit.divergences)[:count].astype(
                             np.int64)
+                        if fit.useful_leapfrog_fraction is not None:
+                            fractions.append(float(fit.useful_leapfrog_fraction[0]))
                     else:
                         mode = jax.device_get(program(
                             map_keys if name == "map" else mapj_keys, observed,
@@ -527,6 +540,8 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
         "seconds": seconds,
         "compilations": {name: p.traces() for name, p in programs.items()},
         "resumed_batches": resumed,
+        # lockstep_free=True: leapfrog steps / gradient slots, mean over the batches run
+        "useful_leapfrog_fraction": float(np.mean(fractions)) if fractions else None,
     }
     result = StudyResult(table, [{n: np.asarray(v) for n, v in c.items()}
                                  for c in configurations], info)
@@ -607,8 +622,8 @@ def _build_rank_program(bound, *, chains, warmup, draws, thin, posterior_draws=N
                         max_tree_depth=10, target_accept=0.8, radius=2.0):
     """``run(keys (S,), batched, shared, truth (S, k)) -> (ranks (S, k), divergences (S,))``.
 
-    Per data set: ``chains`` NUTS chains (Stan's warmup), every ``thin``-th kept draw of
-    each, and the number of those draws below the truth per element, all on the device.
+    Per data set: ``chains`` NUTS chains (``hbm.sample``'s warmup), every ``thin``-th
+    kept draw of each, and the number of those draws below the truth per element, all on the device.
     ``posterior_draws(key, data) -> (chains, draws, k)`` replaces NUTS (tests: an exact
     sampler, or a deliberately wrong one).
     """
@@ -726,8 +741,8 @@ def sbc(model, data=None, *, datasets: int = 100, chains: int = 4, warmup: int =
     For each of ``datasets`` data sets, a truth is drawn from the prior
     (:meth:`~hbm.Model.simulate` without params) and the data keys the likelihood explains
     from the likelihood (every other key of the template is kept); NUTS (non-centered,
-    Stan's warmup, compiled once and vectorized over data sets and chains) samples the
-    posterior, and the rank of the truth among every ``thin``-th draw of each chain (the
+    ``hbm.sample``'s warmup, compiled once and vectorized over data sets and chains)
+    samples the posterior, and the rank of the truth among every ``thin``-th draw of each chain (the
     count of kept draws below it, per element) is computed on the device. Under a correct
     sampler the ranks are uniform on ``0 .. max_rank`` (Talts et al. 2018), tested per
     element with a binned chi-square test and with the simultaneous ECDF test of

@@ -1,6 +1,7 @@
 """Checkpoint and resume: a run killed with SIGKILL resumes to the same draws, bit for bit;
 damaged checkpoints are refused with a clear message; Ctrl-C returns the draws so far."""
 
+import functools
 import json
 import os
 import pathlib
@@ -33,8 +34,17 @@ CHILD = textwrap.dedent("""
 """).replace("{settings}", repr(SETTINGS))
 
 
+@functools.cache
+def _eight_schools():
+    """One model object for the file, so its compiled programs are reused: compiling is
+    most of each test's time. (The test that patches ``compile_programs`` builds its own.)"""
+    return hbm.models.eight_schools()
+
+
+@functools.cache
 def _reference():
-    model, data = hbm.models.eight_schools()
+    """The uninterrupted run every resumed or partial run is compared with, made once."""
+    model, data = _eight_schools()
     return model, hbm.sample(model, data, **SETTINGS)
 
 
@@ -80,7 +90,7 @@ def test_checkpoint_is_readable_without_hbm(tmp_path):
     """The index is JSON, the state an .npz, the draws NetCDF files xarray concatenates."""
     import xarray as xr
 
-    model, data = hbm.models.eight_schools()
+    model, data = _eight_schools()
     fit = hbm.sample(model, data, checkpoint=tmp_path / "run", **SETTINGS)
     run = tmp_path / "run"
     meta = json.loads((run / "checkpoint.json").read_text())
@@ -104,7 +114,7 @@ def test_checkpoint_is_readable_without_hbm(tmp_path):
 
 
 def test_damaged_checkpoint_is_refused_and_previous_stays_readable(tmp_path):
-    model, data = hbm.models.eight_schools()
+    model, data = _eight_schools()
     run = tmp_path / "run"
     hbm.sample(model, data, checkpoint=run, **SETTINGS)
     meta = json.loads((run / "checkpoint.json").read_text())
@@ -124,7 +134,7 @@ def test_damaged_checkpoint_is_refused_and_previous_stays_readable(tmp_path):
 def test_keyboard_interrupt_returns_partial_fit(monkeypatch):
     import hbm.inference.checkpointing as inference
 
-    model, data = hbm.models.eight_schools()
+    model, data = _eight_schools()
     original = inference.save
     calls = {"n": 0}
 
@@ -147,7 +157,7 @@ def test_keyboard_interrupt_returns_partial_fit(monkeypatch):
 def test_store_streams_draws_to_disk_and_matches_in_memory(tmp_path):
     import warnings
 
-    model, data = hbm.models.eight_schools()
+    model, data = _eight_schools()
     kwargs = dict(SETTINGS, thin=2, chunk_size=30)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -164,7 +174,7 @@ def test_store_streams_draws_to_disk_and_matches_in_memory(tmp_path):
 
 
 def test_damaged_draws_chunk_is_refused(tmp_path):
-    model, data = hbm.models.eight_schools()
+    model, data = _eight_schools()
     run = tmp_path / "run"
     hbm.sample(model, data, checkpoint=run, **SETTINGS)
     meta = json.loads((run / "checkpoint.json").read_text())
@@ -181,7 +191,7 @@ def test_resume_into_store_gives_identical_draws_and_files(tmp_path):
     import warnings
 
     model, reference = _reference()
-    model, data = hbm.models.eight_schools()
+    model, data = _eight_schools()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hbm.sample(model, data, checkpoint=tmp_path / "run", store=tmp_path / "draws",
@@ -205,7 +215,7 @@ def test_failure_mid_sampling_keeps_the_draws_made(monkeypatch):
     from hbm.draws import DrawBuffer
 
     model, reference = _reference()
-    model, data = hbm.models.eight_schools()
+    model, data = _eight_schools()
     write = DrawBuffer.write
 
     def failing_write(self, groups, offset):
@@ -226,7 +236,7 @@ def test_failure_mid_sampling_keeps_the_draws_made(monkeypatch):
 
 
 def test_new_run_refuses_to_overwrite_a_checkpoint(tmp_path):
-    model, data = hbm.models.eight_schools()
+    model, data = _eight_schools()
     run = tmp_path / "run"
     hbm.sample(model, data, checkpoint=run, **dict(SETTINGS, warmup=20, draws=20))
     before = sorted(p.name for p in run.iterdir())
@@ -236,7 +246,9 @@ def test_new_run_refuses_to_overwrite_a_checkpoint(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == before
 
 
-def test_failure_during_warmup_names_the_phase_and_the_checkpoint(monkeypatch, tmp_path):
+def _failing_on_chunk(number, message):
+    """``compile_programs`` whose programs raise ``RuntimeError(message)`` at the
+    ``number``-th chunk they run (the chunks before it run normally)."""
     import hbm.inference.engine as inference
 
     build = inference.compile_programs
@@ -247,13 +259,20 @@ def test_failure_during_warmup_names_the_phase_and_the_checkpoint(monkeypatch, t
 
         def chunk(*chunk_args):
             calls["n"] += 1
-            if calls["n"] == 3:
-                raise RuntimeError("RESOURCE_EXHAUSTED: out of device memory")
+            if calls["n"] == number:
+                raise RuntimeError(message)
             return programs.chunk(*chunk_args)
 
         return programs._replace(chunk=chunk)
 
-    monkeypatch.setattr(inference, "compile_programs", failing_build)
+    return failing_build
+
+
+def test_failure_during_warmup_names_the_phase_and_the_checkpoint(monkeypatch, tmp_path):
+    import hbm.inference.engine as inference
+
+    monkeypatch.setattr(inference, "compile_programs",
+                        _failing_on_chunk(3, "RESOURCE_EXHAUSTED: out of device memory"))
     model, data = hbm.models.eight_schools()
     with pytest.raises(hbm.SamplingError, match=r"during warmup \(iteration 40 of 200\): "
                                                 r"RuntimeError: RESOURCE_EXHAUSTED.*no draws "
@@ -264,6 +283,32 @@ def test_failure_during_warmup_names_the_phase_and_the_checkpoint(monkeypatch, t
     assert meta["done"] == 40  # the last good chunk is on disk, ready to resume
 
 
+@pytest.mark.parametrize("metric, schedule", [("lowrank", "early"), ("diag_grad", "early"),
+                                              ("lowrank", "stan")])
+def test_resume_mid_warmup_keeps_the_metric_estimators(monkeypatch, tmp_path, metric,
+                                                       schedule):
+    """A run stopped mid-warmup resumes to the uninterrupted run's draws, bit for bit: the
+    estimators' states (the low-rank ring buffers, the overlapping windows) are saved."""
+    import hbm.inference.engine as inference
+
+    options = dict(SETTINGS, warmup=100, draws=60, metric=metric, warmup_schedule=schedule)
+    model, data = hbm.models.eight_schools()
+    reference = hbm.sample(model, data, **options)
+    model, data = hbm.models.eight_schools()  # a fresh model: compiled programs are cached
+    with monkeypatch.context() as patched:
+        patched.setattr(inference, "compile_programs", _failing_on_chunk(3, "stopped"))
+        with pytest.raises(hbm.SamplingError, match="during warmup"):
+            hbm.sample(model, data, checkpoint=tmp_path / "run", **options)
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["done"] == 40
+    resumed = hbm.resume(tmp_path / "run", model, progress=False)
+    assert resumed.info["metric"] == metric
+    assert resumed.info["warmup_schedule"] == schedule
+    for name in reference.posterior:
+        np.testing.assert_array_equal(resumed.posterior[name], reference.posterior[name])
+    np.testing.assert_array_equal(resumed.sample_stats["step_size"],
+                                  reference.sample_stats["step_size"])
+
+
 def test_keyboard_interrupt_during_final_checks_keeps_the_fit(monkeypatch):
     import hbm.results as results
 
@@ -271,7 +316,7 @@ def test_keyboard_interrupt_during_final_checks_keeps_the_fit(monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(results, "diagnose", interrupted)
-    model, data = hbm.models.eight_schools()
+    model, data = _eight_schools()
     with pytest.warns(hbm.HbmWarning, match="convergence checks were interrupted"):
         fit = hbm.sample(model, data, **dict(SETTINGS, warmup=50, draws=50))
     assert fit.posterior["mu"].shape == (2, 50) and not fit.partial

@@ -85,3 +85,46 @@ def test_the_request_can_be_steered(env, devices):
 
 def test_a_running_backend_is_left_alone():
     assert child(STARTED_FIRST)["devices"] == 1
+
+
+LINEAR_ALGEBRA = textwrap.dedent("""
+    import json
+    import hbm
+    model, data = hbm.models.radon_varying_intercept()
+    out = {}
+    for method in ("sharded", "auto"):
+        fit = hbm.sample(model, data, chains=4, warmup=40, draws=10, metric="dense",
+                         chain_method=method, progress=False)
+        out[method] = fit.info["chain_method"]
+    print(json.dumps(out))
+""")
+
+
+def test_linear_algebra_with_several_devices_does_not_deadlock():
+    """jaxlib's batched LAPACK calls wait on XLA's CPU thread pool; with one device per
+    core, chains vectorized on each device deadlocked in a dense metric's Cholesky factor
+    (radon, d = 89, two devices on two cores: the run never returned). Sharded chains
+    that call LAPACK now run one after another on each device, and "auto" keeps them on
+    one device. A regression shows as the child's timeout."""
+    assert child(LINEAR_ALGEBRA, HBM_CPU_DEVICES="2") == {"sharded": "sharded",
+                                                          "auto": "vectorized"}
+
+
+def test_calls_linear_algebra_finds_lapack_in_the_gradient():
+    import jax.numpy as jnp
+
+    from hbm.inference.chains import calls_linear_algebra
+
+    def gaussian_process(x):
+        cov = jnp.exp(-jnp.subtract.outer(x, x) ** 2) + jnp.eye(x.shape[0])
+        return -0.5 * jnp.sum(jnp.linalg.cholesky(cov))
+
+    assert calls_linear_algebra(gaussian_process, jnp.ones(3))
+    assert not calls_linear_algebra(lambda x: -0.5 * jnp.sum(x**2), jnp.ones(3))
+    assert not calls_linear_algebra(
+        lambda x: jax.lax.cond(x[0] > 0, jnp.sum, jnp.prod, x), jnp.ones(3))
+    assert calls_linear_algebra(  # inside a control-flow branch
+        lambda x: jax.lax.cond(x[0] > 0, lambda v: jnp.linalg.eigh(jnp.outer(v, v))[0].sum(),
+                               jnp.sum, x), jnp.ones(3))
+    assert resolve_chain_method("auto", 4, linear_algebra=True) == "vectorized"
+    assert resolve_chain_method("sharded", 4, linear_algebra=True) == "sharded"

@@ -18,8 +18,13 @@ ARGS = dict(chains=2, warmup=10, draws=5, thin=1, seed=3, target_accept=0.9, max
 def test_settings_are_frozen_validated_and_round_trip_through_checkpoint_meta():
     settings = SampleSettings.validated(**ARGS)
     assert SampleSettings.from_meta(settings.to_meta()) == settings
-    assert settings.kernel == KernelSettings(6, 0.9, False, "diag", "stan")
-    assert hash(settings.kernel) == hash(KernelSettings(6, 0.9, False, "diag", "stan"))
+    assert settings.kernel == KernelSettings(6, 0.9, False, "diag_grad", "early")
+    assert hash(settings.kernel) == hash(KernelSettings(6, 0.9, False, "diag_grad", "early"))
+    # a checkpoint written before metric= and warmup_schedule= existed ran Stan's
+    legacy = {k: v for k, v in settings.to_meta().items()
+              if k not in ("metric", "warmup_schedule")}
+    restored = SampleSettings.from_meta(legacy)
+    assert (restored.metric, restored.warmup_schedule) == ("diag", "stan")
     with pytest.raises(Exception):
         settings.chains = 3
     with pytest.raises(ConfigurationError, match="target_accept"):
@@ -35,6 +40,8 @@ def test_settings_are_frozen_validated_and_round_trip_through_checkpoint_meta():
     with pytest.raises(ConfigurationError, match="warmup_schedule"):
         SampleSettings.validated(**dict(ARGS, warmup_schedule="nutpie"))
     assert SampleSettings.validated(**dict(ARGS, dense_mass=True)).metric == "dense"
+    stan = SampleSettings.validated(**dict(ARGS, metric="diag", warmup_schedule="stan"))
+    assert stan.kernel == KernelSettings(6, 0.9, False, "diag", "stan")
     # thinning windows fit whole in a chunk
     assert SampleSettings.validated(**dict(ARGS, thin=3)).chunk_size == 9
 
@@ -85,9 +92,12 @@ def test_sample_and_batch_share_the_engine(monkeypatch):
 def test_every_metric_and_schedule_runs_through_hbm_sample():
     """metric= and warmup_schedule= reach the engine and are recorded on the Fit."""
     model = hbm.Model({"x": hbm.dist.Normal(0.0, 1.0).expand((3,))})
-    for metric, schedule in (("diag_grad", "early"), ("lowrank", "stan")):
+    for metric, schedule in (("diag_grad", "early"), ("lowrank", "stan"), (None, None)):
         fit = hbm.sample(model, {}, chains=2, warmup=60, draws=30, progress=False,
                          metric=metric, warmup_schedule=schedule, chain_method="vectorized")
-        assert fit.info["metric"] == metric and fit.info["warmup_schedule"] == schedule
+        expected = (metric or "diag_grad", schedule or "early")  # the defaults
+        assert (fit.info["metric"], fit.info["warmup_schedule"]) == expected
+        attrs = fit.to_arviz().posterior.attrs
+        assert (attrs["hbm_metric"], attrs["hbm_warmup_schedule"]) == expected
         assert np.all(np.isfinite(fit.posterior["x"]))
         assert fit.posterior["x"].shape == (2, 30, 3)

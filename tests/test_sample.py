@@ -34,6 +34,11 @@ def eight_schools():
     )
 
 
+# one model object for the short plumbing runs below (2 chains, default settings): its
+# compiled NUTS program is reused, as compiling is most of each such test's time
+SCHOOLS = eight_schools()
+
+
 def eight_schools_exact_moments():
     """Posterior means and sds of mu, tau and theta by quadrature: theta integrates out in
     closed form (y_j | mu, tau ~ N(mu, sigma_j^2 + tau^2)) and theta_j | mu, tau, y is
@@ -148,7 +153,7 @@ def test_chain_methods_give_the_same_draws():
 
 
 def test_same_seed_same_draws_and_chunking_does_not_matter():
-    model = eight_schools()
+    model = SCHOOLS
     a = hbm.sample(model, DATA, chains=2, warmup=50, draws=30, seed=4, progress=False)
     b = hbm.sample(model, DATA, chains=2, warmup=50, draws=30, seed=4, progress=False)
     c = hbm.sample(model, DATA, chains=2, warmup=50, draws=30, seed=4, progress=False,
@@ -177,7 +182,7 @@ def test_second_run_on_same_shaped_data_does_not_recompile():
 
 
 def test_thinning_keeps_every_kth_draw():
-    model = eight_schools()
+    model = SCHOOLS
     fit = hbm.sample(model, DATA, chains=2, warmup=40, draws=25, thin=3, seed=6,
                      progress=False)
     assert fit.posterior["mu"].shape == (2, 25)
@@ -185,14 +190,14 @@ def test_thinning_keeps_every_kth_draw():
 
 
 def test_warmup_zero_with_given_step_size():
-    model = eight_schools()
+    model = SCHOOLS
     fit = hbm.sample(model, DATA, chains=2, warmup=0, draws=20, step_size=0.3, seed=0,
                      progress=False)
     np.testing.assert_allclose(fit.sample_stats["step_size"], 0.3)
 
 
 def test_fit_outputs_for_arviz():
-    fit = hbm.sample(eight_schools(), DATA, chains=2, warmup=100, draws=50, seed=7,
+    fit = hbm.sample(SCHOOLS, DATA, chains=2, warmup=100, draws=50, seed=7,
                      progress=False)
     for key in ("diverging", "tree_depth", "n_steps", "step_size", "energy", "lp",
                 "acceptance_rate"):
@@ -210,7 +215,7 @@ def test_fit_outputs_for_arviz():
 
 
 def test_user_init_is_used_and_validated():
-    model = eight_schools()
+    model = SCHOOLS
     fit = hbm.sample(model, DATA, chains=2, warmup=0, draws=1, step_size=1e-9,
                      init={"mu": 1.5, "tau": 2.0}, seed=0, progress=False)
     np.testing.assert_allclose(fit.posterior["mu"], 1.5, atol=1e-6)

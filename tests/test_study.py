@@ -251,3 +251,19 @@ def test_nuts_summaries_match_the_exact_conjugate_posterior():
     assert np.all(np.abs(z_mean) < 3.5), z_mean  # 12 z-scores: P(any |z| > 3.5) < 0.006
     assert np.all(np.abs(z_sd) < 3.5), z_sd
     assert t["map"].isna().all() and t["map_jacobian"].isna().all()  # MAP not asked for
+
+
+def test_lockstep_free_study_equals_the_lockstep_study():
+    """lockstep_free=True runs the same chains (same keys and decisions): the table's
+    NUTS columns agree to floating-point rounding, and the useful fraction is reported."""
+    options = dict(datasets=4, methods=("nuts",), chains=2, warmup=60, draws=40, seed=5,
+                   progress=False)
+    lockstep = hbm.study(CONJUGATE, {"mu": 0.3}, data=CONJUGATE_DATA, **options)
+    free = hbm.study(CONJUGATE, {"mu": 0.3}, data=CONJUGATE_DATA, lockstep_free=True,
+                     **options)
+    for column in ("mean", "median", "sd", "q05", "q95"):
+        np.testing.assert_allclose(free.table[column], lockstep.table[column], rtol=1e-5,
+                                   atol=1e-6, err_msg=column)
+    np.testing.assert_array_equal(free.table["divergences"], lockstep.table["divergences"])
+    assert lockstep.info["useful_leapfrog_fraction"] is None
+    assert 0.0 < free.info["useful_leapfrog_fraction"] <= 1.0

@@ -4,7 +4,7 @@ Every NUTS run in hbm (:func:`hbm.sample`, :func:`hbm.resume`, the many-data-set
 :mod:`hbm.batch` and :func:`run_nuts` for raw log densities) is built from the per-chain
 program made here by :func:`build_chain_program`:
 
-* ``init(key, position, data, weights, step_size)`` starts Stan's warmup
+* ``init(key, position, data, weights, step_size)`` starts warmup
   (:func:`hbm.samplers.adaptation.warmup_init`) at ``position``.
 * ``run(state, chain_key, start, total, adapt, flags, data, weights)`` runs
   ``len(flags)`` iterations from iteration ``start`` of a phase of ``total`` iterations
@@ -138,10 +138,11 @@ def _at(logdensity, data, weights, x):
     return logdensity(x, data, weights)
 
 
-def schedule_for_chunks(name: str, num_iterations: int, chunk_size: int) -> WarmupSchedule:
-    """The warmup schedule ``name`` of ``num_iterations`` padded (with no-op iterations)
-    so that every chunk of ``chunk_size`` can slice its part."""
-    schedule = build_warmup_schedule(name, num_iterations)
+def schedule_for_chunks(name: str, num_iterations: int, chunk_size: int,
+                        metric: str | None = None) -> WarmupSchedule:
+    """The warmup schedule ``name`` of ``num_iterations`` (for ``metric``) padded (with
+    no-op iterations) so that every chunk of ``chunk_size`` can slice its part."""
+    schedule = build_warmup_schedule(name, num_iterations, metric=metric)
     pad = (-num_iterations) % chunk_size + chunk_size
     return WarmupSchedule(*(np.concatenate([a, np.zeros(pad, bool)]) for a in schedule))
 
@@ -169,12 +170,15 @@ class Programs(NamedTuple):
 
 def compile_programs(bound, settings: KernelSettings, *, num_chains: int, chain_method: str,
                      store_log_likelihood: bool, integrator: Callable = velocity_verlet,
-                     metric: Callable = metric_from) -> Programs:
+                     metric: Callable = metric_from, linear_algebra: bool = False
+                     ) -> Programs:
     """The jitted, chain-mapped programs of ``bound`` (a :class:`~hbm.model.BoundModel`);
-    its data and weights are arguments, so new same-shaped data does not recompile."""
+    its data and weights are arguments, so new same-shaped data does not recompile.
+    ``linear_algebra``: the program calls LAPACK (:func:`~hbm.inference.chains.chain_mapper`
+    then maps sharded chains one after another on each device)."""
     program = build_chain_program(bound.logdensity, settings, integrator=integrator,
                                   metric=metric)
-    mapper = chain_mapper(chain_method, num_chains)
+    mapper = chain_mapper(chain_method, num_chains, linear_algebra=linear_algebra)
 
     def emit_one(out, data, weights, thin):
         kept = {k: v[thin - 1::thin] for k, v in out.items()
@@ -232,7 +236,8 @@ def _run_nuts(key, position, logdensity_fn, num_warmup, num_draws, settings):
     state = program.init(init_key, position, None, None, None)
     if num_warmup > 0:
         flags = slice_schedule(schedule_for_chunks(settings.warmup_schedule, num_warmup,
-                                                   num_warmup), 0, num_warmup)
+                                                   num_warmup, settings.metric),
+                               0, num_warmup)
         state, _ = program.run(state, warmup_key, 0, num_warmup, True, flags, None, None)
     state, out = program.run(state, draw_key, 0, num_draws, False, no_adaptation(num_draws),
                              None, None)

@@ -23,7 +23,7 @@ import numpy as np
 from hbm.draws import DrawBuffer
 from hbm.errors import ConfigurationError, HbmError, ModelError, SamplingError
 from hbm.inference import checkpointing, engine
-from hbm.inference.chains import resolve_chain_method
+from hbm.inference.chains import calls_linear_algebra, resolve_chain_method
 from hbm.inference.common import (bind, cached, check_model, data_signature, observed,
                                   observed_keys, progress_bar, reparam_signature)
 from hbm.inference.settings import SampleSettings
@@ -124,8 +124,9 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
            init=None, progress=True, thin: int = 1, step_size: float | None = None,
            chunk_size: int = 100, log_likelihood: bool | None = None,
            checkpoint: str | None = None, store: str | None = None,
-           metric: str | None = None, warmup_schedule: str = "stan", _after_warmup=None):
-    """Draw from the posterior with the No-U-Turn Sampler and Stan's windowed warmup.
+           metric: str | None = None, warmup_schedule: str | None = None,
+           _after_warmup=None):
+    """Draw from the posterior with the No-U-Turn Sampler.
 
     Parameters
     ----------
@@ -139,17 +140,19 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
         Dual-averaging target, NUTS tree depth limit.
     metric
         The mass matrix and how warmup estimates it (:mod:`hbm.samplers.mass_matrix`):
-        ``"diag"`` (default; Stan's: the regularized variance of the draws),
-        ``"diag_grad"`` (per coordinate ``sqrt(Var x / Var grad log p)`` from draws and
-        gradients, Seyboldt, Carlson & Carpenter 2026), ``"lowrank"`` (low rank plus
-        diagonal from draws and gradients; costs O(d k) per leapfrog) or ``"dense"``
-        (Stan's dense covariance; ``dense_mass=True`` is the same). Recorded as
-        ``fit.info["metric"]``.
+        ``"diag_grad"`` (default: per coordinate ``sqrt(Var x / Var grad log p)`` from
+        draws and gradients, Seyboldt, Carlson & Carpenter 2026, as nutpie does),
+        ``"diag"`` (Stan's: the regularized variance of the draws), ``"lowrank"`` (low
+        rank plus diagonal from draws and gradients; costs O(d k) per leapfrog; for
+        strongly correlated posteriors) or ``"dense"`` (the dense covariance;
+        ``dense_mass=True`` is the same). Recorded as ``fit.info["metric"]``.
     warmup_schedule
-        ``"stan"`` (default: Stan's doubling windows) or ``"early"`` (the metric is
-        re-estimated early and often from two overlapping windows of recent draws,
-        after nutpie; :mod:`hbm.samplers.schedules`). Recorded as
-        ``fit.info["warmup_schedule"]``.
+        ``"early"`` (default: the metric is re-estimated early and often from two
+        overlapping windows of recent draws, after nutpie; :mod:`hbm.samplers.schedules`)
+        or ``"stan"`` (Stan's doubling windows). Recorded as
+        ``fit.info["warmup_schedule"]``. The defaults were chosen by
+        ``benchmarks/adaptation.py``; ``metric="diag", warmup_schedule="stan"`` is
+        Stan's (and BlackJAX's and NumPyro's) adaptation.
     dense_mass
         ``True`` is ``metric="dense"``.
     reparam
@@ -278,9 +281,14 @@ def _prepare_run(model, data, settings: SampleSettings, reparam) -> NUTSRun:
     if log_likelihood is None:
         n_obs = sum(int(np.prod(jnp.shape(bound.data[k]))) for k in observed_keys(bound))
         log_likelihood = n_obs * chains * settings.draws <= MAX_LOG_LIKELIHOOD_SIZE
-    chain_method = resolve_chain_method(settings.chain_method, chains)
+    linear_algebra = jax.default_backend() == "cpu" and (
+        settings.metric in ("dense", "lowrank") or calls_linear_algebra(
+            lambda x: bound.logdensity(x, bound.data), jnp.zeros(bound.size)))
+    chain_method = resolve_chain_method(settings.chain_method, chains,
+                                        linear_algebra=linear_algebra)
     placement = dict(num_chains=chains, chain_method=chain_method,
-                     store_log_likelihood=bool(log_likelihood))
+                     store_log_likelihood=bool(log_likelihood),
+                     linear_algebra=linear_algebra and chain_method == "sharded")
     cache_key = ("nuts", reparam_signature(bind_reparam), data_signature(bound.data),
                  settings.kernel, tuple(sorted(placement.items())),
                  jax.config.jax_enable_x64)
@@ -416,7 +424,8 @@ def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
     s = run.settings
     chunk_size, thin = s.chunk_size, s.thin
     if adapt:
-        schedule = engine.schedule_for_chunks(s.warmup_schedule, n_iter, chunk_size)
+        schedule = engine.schedule_for_chunks(s.warmup_schedule, n_iter, chunk_size,
+                                              s.metric)
     else:
         schedule = engine.no_adaptation(chunk_size)
     while run.done < n_iter:

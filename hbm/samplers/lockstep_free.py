@@ -19,10 +19,12 @@ does). Hence, with the same keys, step sizes and mass matrices, each member's dr
 those of ``kernel(fold_in(keys[m], t), state_t, ...)`` run for ``t = 0, 1, ...``.
 
 Each member has its own step size and inverse mass matrix (and optionally its own data),
-read at the start of each transition. A per-member warmup would add an adaptation state to
-:class:`MemberState` and update it (dual averaging on ``acceptance_rate``, Welford on the
-position) where a transition ends, next to where the draw is recorded, so that the next
-transition starts with the adapted values.
+read at the start of each transition. :func:`run_lockstep_free_chains` adds warmup: each
+member carries the engine's per-chain :class:`~hbm.samplers.adaptation.WarmupState`, and
+where one of its warmup transitions ends it applies the schedule's row for that
+transition (:func:`~hbm.samplers.adaptation.warmup_adapt`) on its own clock, so members
+adapt without waiting for each other; keyed as the engine keys its chains, it takes the
+engine's decisions (to floating-point rounding of the adaptation's arithmetic).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from jax import lax
 
 from hbm.errors import ConfigurationError
 from hbm.samplers.integrators import IntegratorState, velocity_verlet
-from hbm.samplers.metrics import gaussian_euclidean
+from hbm.samplers.metrics import gaussian_euclidean, metric_from
 from hbm.samplers.nuts import HMCState, NUTSInfo, transition_outcome
 from hbm.samplers.nuts import init as nuts_init
 from hbm.samplers.trajectory import (
@@ -46,8 +48,8 @@ from hbm.samplers.trajectory import (
     trajectory_step,
 )
 
-__all__ = ["LockstepFreeResult", "MemberState", "run_lockstep_free",
-           "lockstep_useful_leapfrog_fraction"]
+__all__ = ["LockstepFreeChains", "LockstepFreeResult", "MemberState", "run_lockstep_free",
+           "run_lockstep_free_chains", "lockstep_useful_leapfrog_fraction"]
 
 
 class MemberState(NamedTuple):
@@ -83,6 +85,34 @@ class LockstepFreeResult(NamedTuple):
     positions: jax.Array
     logdensity: jax.Array
     infos: NUTSInfo
+    loop_iterations: jax.Array
+    useful_leapfrog_fraction: jax.Array
+
+
+class LockstepFreeChains(NamedTuple):
+    """Draws and diagnostics of :func:`run_lockstep_free_chains`.
+
+    Attributes
+    ----------
+    positions : (members, num_draws, d), the state after each sampling transition.
+    logdensity : (members, num_draws).
+    infos : :class:`~hbm.samplers.nuts.NUTSInfo` of the sampling transitions, each field
+        with leading axes (members, num_draws).
+    chains : the members' final :class:`~hbm.samplers.adaptation.WarmupState` (adapted
+        step size and inverse mass matrix).
+    warmup_steps, warmup_divergences : (members,) leapfrog steps and divergent
+        transitions of warmup.
+    loop_iterations : iterations of the shared loop (= batched gradient evaluations).
+    useful_leapfrog_fraction : all members' leapfrog steps, warmup included, over
+        ``members * loop_iterations``.
+    """
+
+    positions: jax.Array
+    logdensity: jax.Array
+    infos: NUTSInfo
+    chains: Any
+    warmup_steps: jax.Array
+    warmup_divergences: jax.Array
     loop_iterations: jax.Array
     useful_leapfrog_fraction: jax.Array
 
@@ -186,23 +216,174 @@ def run_lockstep_free(
                 metric=metric)
 
 
+def run_lockstep_free_chains(
+    warmup_keys,
+    draw_keys,
+    initial_chains,
+    logdensity_fn: Callable,
+    num_warmup: int,
+    num_draws: int,
+    flags,
+    *,
+    estimator,
+    max_tree_depth: int = 10,
+    divergence_threshold: float = 1000.0,
+    target_accept: float = 0.8,
+    data: Any = None,
+    integrator: Callable = velocity_verlet,
+    metric: Callable = metric_from,
+) -> LockstepFreeChains:
+    """Warmup and sampling of many chains without lockstep, with the engine's decisions.
+
+    Each member is a chain of :func:`hbm.inference.engine.build_chain_program`: started by
+    its ``init`` (``initial_chains``, a :class:`~hbm.samplers.adaptation.WarmupState` per
+    member), then ``num_warmup`` adapting transitions keyed by ``warmup_keys[m]`` and
+    ``num_draws`` kept transitions keyed by ``draw_keys[m]``, exactly as the engine's
+    ``run`` keys them (transition ``t``'s kernel and adaptation keys split from
+    ``fold_in(key, t)``). Members adapt on their own clock: a member whose warmup
+    transition ends applies the schedule's row for it
+    (:func:`~hbm.samplers.adaptation.warmup_adapt`) and starts its next transition in the
+    same loop iteration, so no member waits for another until the last transition.
+
+    Parameters
+    ----------
+    warmup_keys, draw_keys
+        (members, 2) PRNG keys.
+    initial_chains
+        Per-member warmup states (leading members axis).
+    logdensity_fn
+        ``logdensity_fn(position)``, or ``logdensity_fn(position, data_m)`` with ``data``.
+    num_warmup, num_draws
+        Transitions per member (``num_draws >= 1``).
+    flags
+        The :class:`~hbm.samplers.schedules.WarmupSchedule` of ``num_warmup`` iterations.
+    estimator
+        The engine's metric estimator
+        (:func:`hbm.samplers.adaptation.metric_estimator`).
+    max_tree_depth, divergence_threshold, target_accept, integrator, metric
+        As the engine's kernel and adaptation.
+    data
+        Optional pytree with a leading members axis: member ``m``'s data.
+
+    Returns
+    -------
+    LockstepFreeChains
+    """
+    if int(num_draws) != num_draws or num_draws < 1:
+        raise ConfigurationError(f"num_draws must be an integer >= 1, got {num_draws}")
+    if int(num_warmup) != num_warmup or num_warmup < 0:
+        raise ConfigurationError(f"num_warmup must be an integer >= 0, got {num_warmup}")
+    flags = jax.tree.map(jnp.asarray, flags)
+    if any(a.shape != (int(num_warmup),) for a in flags):
+        raise ConfigurationError(f"flags must hold {num_warmup} warmup iterations")
+    return _run_chains(jnp.stack([jnp.asarray(warmup_keys), jnp.asarray(draw_keys)], 1),
+                       initial_chains, flags, data, logdensity_fn=logdensity_fn,
+                       num_warmup=int(num_warmup), num_draws=int(num_draws),
+                       estimator=estimator, max_tree_depth=int(max_tree_depth),
+                       divergence_threshold=float(divergence_threshold),
+                       target_accept=float(target_accept), integrator=integrator,
+                       metric=metric)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "logdensity_fn", "num_warmup", "num_draws", "estimator", "max_tree_depth",
+    "divergence_threshold", "target_accept", "integrator", "metric"))
+def _run_chains(keys, chains, flags, data, *, logdensity_fn, num_warmup, num_draws,
+                estimator, max_tree_depth, divergence_threshold, target_accept, integrator,
+                metric):
+    def phase_key(key, transition):
+        # the engine's key of iteration `it` of a phase: split(fold_in(phase key, it))
+        warm = transition < num_warmup
+        phase = jnp.where(warm, key[0], key[1])
+        return jax.random.split(
+            jax.random.fold_in(phase, jnp.where(warm, transition, transition - num_warmup)))
+
+    return _drive(keys, chains, _Adaptation(lambda k, t: phase_key(k, t)[1], flags,
+                                            target_accept, estimator),
+                  data, logdensity_fn=logdensity_fn, num_warmup=num_warmup,
+                  num_draws=num_draws, kernel_key=lambda k, t: phase_key(k, t)[0],
+                  max_tree_depth=max_tree_depth,
+                  divergence_threshold=divergence_threshold, integrator=integrator,
+                  metric=metric)
+
+
 @functools.partial(jax.jit, static_argnames=(
     "logdensity_fn", "num_transitions", "max_tree_depth", "divergence_threshold",
     "integrator", "metric"))
 def _run(keys, initial_positions, step_size, inverse_mass_matrix, data, *, logdensity_fn,
          num_transitions, max_tree_depth, divergence_threshold, integrator, metric):
-    members, dim = initial_positions.shape
-    dtype = initial_positions.dtype
+    data_axes = None if data is None else 0
 
-    def member_logdensity(member_data):
-        if member_data is None:
-            return logdensity_fn
-        return lambda position: logdensity_fn(position, member_data)
+    def initial_chain(position, eps, inverse_mass, member_data):
+        hmc_state = nuts_init(position, _member_logdensity(logdensity_fn, member_data))
+        return _FixedChain(hmc_state, eps, inverse_mass)
 
-    def start(key, transition, hmc_state, inverse_mass):
+    chains = jax.vmap(initial_chain, in_axes=(0, 0, 0, data_axes))(
+        initial_positions, step_size, inverse_mass_matrix, data)
+    out = _drive(keys, chains, None, data, logdensity_fn=logdensity_fn, num_warmup=0,
+                 num_draws=num_transitions, kernel_key=jax.random.fold_in,
+                 max_tree_depth=max_tree_depth, divergence_threshold=divergence_threshold,
+                 integrator=integrator, metric=metric)
+    return LockstepFreeResult(out.positions, out.logdensity, out.infos, out.loop_iterations,
+                              out.useful_leapfrog_fraction)
+
+
+class _FixedChain(NamedTuple):
+    """A chain without adaptation: its point, step size and inverse mass."""
+
+    hmc_state: HMCState
+    step_size: jax.Array
+    inverse_mass_matrix: Any
+
+
+class _Adaptation(NamedTuple):
+    """What the loop needs to adapt during warmup (static except ``flags``)."""
+
+    adapt_key: Callable  # (member key, transition) -> key for warmup_adapt
+    flags: Any  # WarmupSchedule of (num_warmup,) arrays
+    target_accept: float
+    estimator: Any
+
+
+def _member_logdensity(logdensity_fn, member_data):
+    if member_data is None:
+        return logdensity_fn
+    return lambda position: logdensity_fn(position, member_data)
+
+
+def _where(predicate, new, old):
+    """Per-member select between two pytrees with a leading members axis."""
+    return jax.tree.map(
+        lambda a, b: jnp.where(predicate.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
+        new, old)
+
+
+def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
+           num_warmup, num_draws, kernel_key, max_tree_depth, divergence_threshold,
+           integrator, metric) -> LockstepFreeChains:
+    """The shared loop: ``num_warmup + num_draws`` transitions per member, one leapfrog
+    step of each member's own tree per iteration.
+
+    ``chains`` holds per member (leading axis) a state with ``hmc_state``, ``step_size``
+    and ``inverse_mass_matrix`` (a :class:`_FixedChain` or, with ``adaptation``, a
+    :class:`~hbm.samplers.adaptation.WarmupState`). Transition ``t`` of member ``m`` runs
+    the kernel with key ``kernel_key(keys[m], t)``; where it ends, a warmup transition
+    (``t < num_warmup``) applies :func:`~hbm.samplers.adaptation.warmup_adapt` with the
+    schedule's row ``t`` and the key ``adaptation.adapt_key(keys[m], t)``, and a sampling
+    transition records its draw at row ``t - num_warmup``.
+    """
+    from hbm.samplers.adaptation import warmup_adapt
+
+    members, dim = chains.hmc_state.position.shape
+    dtype = chains.hmc_state.position.dtype
+    total = num_warmup + num_draws
+    data_axes = None if data is None else 0
+
+    def start(key, transition, chain):
         """Draw the momentum of ``transition`` and start its tree (as the kernel does)."""
-        metric_fns = metric(inverse_mass)
-        momentum_key, tree_key = jax.random.split(jax.random.fold_in(key, transition))
+        metric_fns = metric(chain.inverse_mass_matrix)
+        momentum_key, tree_key = jax.random.split(kernel_key(key, transition))
+        hmc_state = chain.hmc_state
         momentum = metric_fns.sample_momentum(momentum_key, hmc_state.position)
         initial = IntegratorState(hmc_state.position, momentum, hmc_state.logdensity,
                                   hmc_state.logdensity_grad)
@@ -210,78 +391,93 @@ def _run(keys, initial_positions, step_size, inverse_mass_matrix, data, *, logde
                                      max_tree_depth=max_tree_depth)
         return MemberState(hmc_state, trajectory, momentum, transition)
 
-    def advance(member: MemberState, eps, inverse_mass, member_data):
-        metric_fns = metric(inverse_mass)
-        step_fn = integrator(member_logdensity(member_data), metric_fns.kinetic_energy,
-                             metric_fns.velocity)
+    def advance(member: MemberState, chain, member_data):
+        metric_fns = metric(chain.inverse_mass_matrix)
+        step_fn = integrator(_member_logdensity(logdensity_fn, member_data),
+                             metric_fns.kinetic_energy, metric_fns.velocity)
         trajectory = trajectory_step(
-            member.trajectory, step_fn, metric_fns, eps, max_tree_depth=max_tree_depth,
-            divergence_threshold=divergence_threshold)
+            member.trajectory, step_fn, metric_fns, chain.step_size,
+            max_tree_depth=max_tree_depth, divergence_threshold=divergence_threshold)
         return member._replace(trajectory=trajectory)
 
-    def finish(member: MemberState, inverse_mass):
+    def finish(member: MemberState, chain):
         """The new chain state and the transition's info (as the kernel computes them)."""
-        metric_fns = metric(inverse_mass)
+        metric_fns = metric(chain.inverse_mass_matrix)
         return transition_outcome(member.hmc_state, member.momentum,
                                   trajectory_result(member.trajectory), metric_fns)
 
-    data_axes = None if data is None else 0
-    initial_states = jax.vmap(
-        lambda x, d: nuts_init(x, member_logdensity(d)), in_axes=(0, data_axes)
-    )(initial_positions, data)
-    members_state = jax.vmap(start, in_axes=(0, None, 0, 0))(
-        keys, jnp.int32(0), initial_states, inverse_mass_matrix)
+    def adapted(key, chain, hmc_state, info, transition, member_data):
+        index = jnp.clip(transition, 0, num_warmup - 1)
+        flags = jax.tree.map(lambda a: a[index], adaptation.flags)
+        return warmup_adapt(
+            adaptation.adapt_key(key, transition), chain, hmc_state, info,
+            _member_logdensity(logdensity_fn, member_data), flags,
+            transition == num_warmup - 1, target_accept=adaptation.target_accept,
+            estimator=adaptation.estimator)
 
-    # per-member, per-transition records
+    members_state = jax.vmap(start, in_axes=(0, None, 0))(keys, jnp.int32(0), chains)
     info_shapes = jax.eval_shape(
-        lambda m, im: finish(m, im)[1],
-        jax.tree.map(lambda a: a[0], members_state), inverse_mass_matrix[0])
+        lambda m, c: finish(m, c)[1],
+        jax.tree.map(lambda a: a[0], members_state), jax.tree.map(lambda a: a[0], chains))
     infos = jax.tree.map(
-        lambda s: jnp.zeros((members, num_transitions) + s.shape, s.dtype), info_shapes)
-    positions = jnp.zeros((members, num_transitions, dim), dtype)
-    logdensity = jnp.zeros((members, num_transitions), dtype)
+        lambda s: jnp.zeros((members, num_draws) + s.shape, s.dtype), info_shapes)
+    positions = jnp.zeros((members, num_draws, dim), dtype)
+    logdensity = jnp.zeros((members, num_draws), dtype)
+    zeros = jnp.zeros((members,), jnp.int32)
 
-    def record(buffer, transition, value, write):
-        # buffer (T, ...) of one member: write value at row `transition` when `write`
-        index = jnp.minimum(transition, num_transitions - 1)
+    def record(buffer, row, value, write):
+        # buffer (num_draws, ...) of one member: write value at `row` when `write`
+        index = jnp.clip(row, 0, num_draws - 1)
         old = lax.dynamic_index_in_dim(buffer, index, 0, keepdims=False)
         return lax.dynamic_update_index_in_dim(buffer, jnp.where(write, value, old), index, 0)
 
     def iteration(carry):
-        members_state, positions, logdensity, infos, loop_iterations = carry
-        running = members_state.transition < num_transitions
-        stepped = jax.vmap(advance, in_axes=(0, 0, 0, data_axes))(
-            members_state, step_size, inverse_mass_matrix, data)
-        members_state = jax.tree.map(
-            lambda new, old: jnp.where(
-                running.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-            stepped, members_state)
-        finished = running & members_state.trajectory.done
-        new_states, new_infos = jax.vmap(finish)(members_state, inverse_mass_matrix)
+        (members_state, chains, positions, logdensity, infos, warmup_steps,
+         warmup_divergences, loop_iterations) = carry
         transition = members_state.transition
-        write = jax.vmap(record, in_axes=(0, 0, 0, 0))
-        positions = write(positions, transition, new_states.position, finished)
-        logdensity = write(logdensity, transition, new_states.logdensity, finished)
-        infos = jax.tree.map(lambda buffer, value: write(buffer, transition, value, finished),
+        running = transition < total
+        stepped = jax.vmap(advance, in_axes=(0, 0, data_axes))(members_state, chains, data)
+        members_state = _where(running, stepped, members_state)
+        finished = running & members_state.trajectory.done
+        new_states, new_infos = jax.vmap(finish)(members_state, chains)
+        in_warmup = transition < num_warmup
+        sampled = finished & ~in_warmup
+        row = transition - num_warmup
+        write = jax.vmap(record)
+        positions = write(positions, row, new_states.position, sampled)
+        logdensity = write(logdensity, row, new_states.logdensity, sampled)
+        infos = jax.tree.map(lambda buffer, value: write(buffer, row, value, sampled),
                              infos, new_infos)
+        warming = finished & in_warmup
+        warmup_steps = warmup_steps + jnp.where(warming, new_infos.num_steps, 0)
+        warmup_divergences = warmup_divergences + (warming & new_infos.is_divergent)
 
-        # members whose transition ended start the next one now
-        def restart(members_state):
-            next_transition = members_state.transition + 1
-            restarted = jax.vmap(start)(keys, next_transition, new_states, inverse_mass_matrix)
-            return jax.tree.map(
-                lambda new, old: jnp.where(
-                    finished.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-                restarted, members_state)
+        # members whose transition ended adapt (in warmup) and start the next one now
+        def next_transition(state):
+            members_state, chains = state
+            moved = chains._replace(hmc_state=new_states)
+            if hasattr(moved, "iteration"):
+                moved = moved._replace(iteration=chains.iteration + 1)
+            if adaptation is not None and num_warmup > 0:
+                adapting = jax.vmap(adapted, in_axes=(0, 0, 0, 0, 0, data_axes))(
+                    keys, chains, new_states, new_infos, transition, data)
+                moved = _where(in_warmup, adapting, moved)
+            chains = _where(finished, moved, chains)
+            restarted = jax.vmap(start)(keys, transition + 1, chains)
+            return _where(finished, restarted, members_state), chains
 
-        members_state = lax.cond(jnp.any(finished), restart, lambda s: s, members_state)
-        return members_state, positions, logdensity, infos, loop_iterations + 1
+        members_state, chains = lax.cond(jnp.any(finished), next_transition,
+                                         lambda state: state, (members_state, chains))
+        return (members_state, chains, positions, logdensity, infos, warmup_steps,
+                warmup_divergences, loop_iterations + 1)
 
     def keep_going(carry):
-        return jnp.any(carry[0].transition < num_transitions)
+        return jnp.any(carry[0].transition < total)
 
-    carry = (members_state, positions, logdensity, infos, jnp.int32(0))
-    _, positions, logdensity, infos, loop_iterations = lax.while_loop(
-        keep_going, iteration, carry)
-    useful = jnp.sum(infos.num_steps) / (members * loop_iterations)
-    return LockstepFreeResult(positions, logdensity, infos, loop_iterations, useful)
+    carry = (members_state, chains, positions, logdensity, infos, zeros, zeros,
+             jnp.int32(0))
+    (_, chains, positions, logdensity, infos, warmup_steps, warmup_divergences,
+     loop_iterations) = lax.while_loop(keep_going, iteration, carry)
+    useful = (jnp.sum(infos.num_steps) + jnp.sum(warmup_steps)) / (members * loop_iterations)
+    return LockstepFreeChains(positions, logdensity, infos, chains, warmup_steps,
+                              warmup_divergences, loop_iterations, useful)

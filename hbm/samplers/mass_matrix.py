@@ -264,7 +264,8 @@ def fisher_optimal_covariance(draw_covariance, grad_covariance, floor=0.0):
 
 
 def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: float = 2.0,
-            regularization: float = 1e-3, init_from_gradient: bool = True) -> MetricAdapter:
+            regularization: float = 1e-3, min_draws: int = 10,
+            init_from_gradient: bool = True) -> MetricAdapter:
     """Low-rank plus diagonal inverse mass matrix from draws and gradients.
 
     Parameters
@@ -280,6 +281,10 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
         ``gamma > 0`` added to both scaled covariances (``C + gamma I``); in the scaled
         space the scales are about 1. Directions without data get eigenvalue 1. It shrinks
         an eigenvalue ``lambda`` to about ``sqrt((lambda + gamma) / (1 / lambda + gamma))``.
+    min_draws
+        Draws the buffer needs before the low-rank part is used; with fewer, ``final`` is
+        the gradient-informed diagonal alone (a covariance from a handful of early, far
+        from typical draws can throw a chain far out).
     init_from_gradient
         Start warmup from :func:`initial_inverse_mass` (else the identity).
 
@@ -290,6 +295,7 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
     """
     max_rank = _check_positive_int("max_rank", max_rank, 1)
     buffer_size = _check_positive_int("buffer_size", buffer_size, 3)
+    min_draws = _check_positive_int("min_draws", min_draws, 3)
     if not eigenvalue_cutoff >= 1.0:
         raise ConfigurationError(f"eigenvalue_cutoff must be >= 1, got {eigenvalue_cutoff}")
     if not regularization > 0.0:
@@ -349,7 +355,7 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
             chosen_vectors = jnp.concatenate(
                 [chosen_vectors, jnp.zeros((dim, pad), dtype)], axis=1
             )
-        usable = (num >= 3) & jnp.all(jnp.isfinite(chosen_values)) & jnp.all(
+        usable = (num >= min_draws) & jnp.all(jnp.isfinite(chosen_values)) & jnp.all(
             jnp.isfinite(chosen_vectors)
         )
         chosen_values = jnp.where(usable, chosen_values, 1.0)

@@ -50,6 +50,7 @@ from hbm.errors import ConfigurationError
 from hbm.samplers.adaptation import build_schedule
 
 __all__ = [
+    "EARLY_UPDATE_EVERY",
     "SCHEDULE_NAMES",
     "WarmupSchedule",
     "build_warmup_schedule",
@@ -58,6 +59,12 @@ __all__ = [
 ]
 
 SCHEDULE_NAMES = ("stan", "early")
+
+#: The early schedule's ``update_every`` per metric. Updating a diagonal metric costs
+#: O(d) and it is done after every draw, as nutpie does; the dense and low-rank
+#: estimates need eigendecompositions (O(d^3), or O(d (2B)^2) on a buffer of B draws),
+#: so they are refreshed every 10 draws (and at every switch of estimators).
+EARLY_UPDATE_EVERY = {"diag": 1, "diag_grad": 1, "lowrank": 10, "dense": 10}
 
 
 class WarmupSchedule(NamedTuple):
@@ -162,9 +169,11 @@ def early_schedule(num_warmup: int, *, first_update: int = 5, update_every: int 
     return schedule
 
 
-def build_warmup_schedule(name: str, num_warmup: int, **options) -> WarmupSchedule:
+def build_warmup_schedule(name: str, num_warmup: int, *, metric: str | None = None,
+                          **options) -> WarmupSchedule:
     """The schedule called ``name`` (``"stan"`` or ``"early"``) for ``num_warmup``
-    iterations, with its keyword ``options``.
+    iterations, with its keyword ``options``. Given the ``metric`` it adapts, the early
+    schedule's ``update_every`` defaults to :data:`EARLY_UPDATE_EVERY`'s entry.
 
     Raises
     ------
@@ -177,6 +186,8 @@ def build_warmup_schedule(name: str, num_warmup: int, **options) -> WarmupSchedu
             f"warmup_schedule must be one of {', '.join(repr(n) for n in SCHEDULE_NAMES)}, "
             f"got {name!r}"
         )
+    if name == "early" and metric is not None:
+        options.setdefault("update_every", EARLY_UPDATE_EVERY.get(metric, 1))
     try:
         return builders[name](num_warmup, **options)
     except TypeError as error:  # an unknown keyword

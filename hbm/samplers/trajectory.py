@@ -292,6 +292,7 @@ class _Fields(NamedTuple):
     subtree_momentum_sum: jax.Array
     subtree_proposal: Proposal
     subtree_log_weight: jax.Array
+    subtree_sum_acceptance: jax.Array  # added to the total when the subtree ends
     # checkpoints, indexed by the popcount of the even leaf that wrote them (last: scratch)
     checkpoints: jax.Array  # (max_tree_depth + 1, 5, d): rows named by _Checkpoint
     # the last leaf is ``end``; what to do with it
@@ -406,6 +407,7 @@ def trajectory_init(
         subtree_momentum_sum=jnp.zeros_like(position),
         subtree_proposal=proposal,
         subtree_log_weight=jnp.full((), -jnp.inf, dtype),
+        subtree_sum_acceptance=zero,
         checkpoints=checkpoints,
         pending_energy=initial_energy,
         pending_take_leaf=false,
@@ -489,6 +491,9 @@ def trajectory_step(
         first, log_weight_leaf, jnp.logaddexp(state.subtree_log_weight, log_weight_leaf)
     )
     take_leaf = first | (state.leaf_uniform < jnp.exp(log_weight_leaf - subtree_log_weight))
+    # summed per subtree, then into the total: the nested tree's order of additions
+    subtree_sum_acceptance = jnp.where(
+        first, jnp.zeros((), dtype), state.subtree_sum_acceptance) + acceptance
     sum_before = state.subtree_momentum_sum
     subtree_momentum_sum = sum_before + new.momentum
 
@@ -589,7 +594,9 @@ def trajectory_step(
         pending_merge_right=merge & state.go_right,
         pending_restart=restart,
         num_steps=state.num_steps + 1,
-        sum_acceptance=state.sum_acceptance + acceptance,
+        subtree_sum_acceptance=subtree_sum_acceptance,
+        sum_acceptance=jnp.where(finished, state.sum_acceptance + subtree_sum_acceptance,
+                                 state.sum_acceptance),
         is_divergent=is_divergent,
         is_turning=is_turning | (merge & merged_turning),
     ))

@@ -141,7 +141,8 @@ def test_lowrank_matches_a_dense_reference(dim, buffer_size, num_draws):
     cov = a @ a.T / dim + 0.05 * np.eye(dim)
     draws, grads = _gaussian_draws(cov, num_draws, seed=4)
     grads = grads + 0.3 * rng.normal(size=grads.shape)  # not a Gaussian's gradients
-    adapter = lowrank(3, buffer_size=buffer_size, eigenvalue_cutoff=1.5, regularization=1e-2)
+    adapter = lowrank(3, buffer_size=buffer_size, eigenvalue_cutoff=1.5, regularization=1e-2,
+                      min_draws=3)
     estimate = jax.jit(adapter.final)(_feed(adapter, draws, grads))
     assert isinstance(estimate, LowRankInverseMass)
     assert estimate.eigenvectors.shape == (dim, 3) and estimate.eigenvalues.shape == (3,)
@@ -230,6 +231,22 @@ def test_lowrank_without_enough_draws_is_its_diagonal():
     np.testing.assert_array_equal(estimate.eigenvalues, np.ones(2))
 
 
+def test_lowrank_waits_for_min_draws():
+    """Below ``min_draws`` draws the estimate is the gradient-based diagonal alone; from
+    ``min_draws`` on the low-rank part is in use."""
+    cov, _ = _strong_directions_gaussian(dim=8)
+    draws, grads = _gaussian_draws(cov, 10, seed=3)
+    adapter = lowrank(2, buffer_size=16, min_draws=10)
+    early = jax.jit(adapter.final)(_feed(adapter, draws[:9], grads[:9]))
+    np.testing.assert_array_equal(early.eigenvalues, np.ones(2))
+    np.testing.assert_array_equal(early.eigenvectors, np.zeros((8, 2)))
+    np.testing.assert_allclose(early.diagonal,
+                               jax.jit(diag_grad().final)(_feed(diag_grad(), draws[:9],
+                                                                grads[:9])), rtol=1e-12)
+    later = jax.jit(adapter.final)(_feed(adapter, draws, grads))
+    assert np.all(np.asarray(later.eigenvalues) != 1.0)
+
+
 def test_lowrank_update_and_final_vmap_over_chains():
     adapter = lowrank(2, buffer_size=16)
     cov, _ = _strong_directions_gaussian(dim=8)
@@ -303,6 +320,8 @@ def test_bad_configuration_raises():
         lowrank(2, eigenvalue_cutoff=0.5)
     with pytest.raises(ConfigurationError, match="regularization"):
         lowrank(2, regularization=0.0)
+    with pytest.raises(ConfigurationError, match="min_draws"):
+        lowrank(2, min_draws=2)
     with pytest.raises(ConfigurationError, match="max_rank"):
         build_metric_adapter("diag", max_rank=3)  # an option of another metric
     with pytest.raises(ConfigurationError, match="lower"):

@@ -83,6 +83,27 @@ def test_early_schedule_structure():
     assert sizes[updates < early_end].max() <= 3 * 10 + 10
 
 
+def test_early_schedule_refreshes_costly_metrics_less_often():
+    """Diagonal metrics are re-estimated after every draw; the dense and low-rank ones,
+    whose update needs eigendecompositions, every 10 draws and at every switch."""
+    from hbm.samplers.schedules import EARLY_UPDATE_EVERY
+
+    cheap = build_warmup_schedule("early", 1000, metric="diag_grad")
+    np.testing.assert_array_equal(cheap.update_metric, early_schedule(1000).update_metric)
+    for metric in ("lowrank", "dense"):
+        assert EARLY_UPDATE_EVERY[metric] == 10
+        costly = build_warmup_schedule("early", 1000, metric=metric)
+        updates = np.flatnonzero(costly.update_metric)
+        assert updates[0] == 4 and np.diff(updates).max() == 10
+        assert set(np.flatnonzero(costly.switch_estimator)) <= set(updates)
+        for field in ("accumulate_metric", "switch_estimator", "restart_step_size"):
+            np.testing.assert_array_equal(getattr(costly, field), getattr(cheap, field))
+    explicit = build_warmup_schedule("early", 1000, metric="lowrank", update_every=1)
+    np.testing.assert_array_equal(explicit.update_metric, cheap.update_metric)
+    stan = build_warmup_schedule("stan", 1000, metric="lowrank")
+    np.testing.assert_array_equal(stan.update_metric, stan_schedule(1000).update_metric)
+
+
 def test_short_warmup_adapts_the_step_size_only():
     for name in ("stan", "early"):
         schedule = build_warmup_schedule(name, 19)

@@ -1,0 +1,90 @@
+"""Lockstep-free warmup and sampling follow the engine's chains (float64).
+
+The sampling loop alone is bit-identical to the standard kernel
+(``test_lockstep_free.py``). With warmup, the same adaptation arithmetic is compiled in
+another program (vmapped selects instead of a scan's conditionals), and XLA may round a
+scalar update of dual averaging differently in the last bit; on a chaotic target such a
+difference grows until a U-turn decision flips. On a Gaussian (stable trajectories) the
+comparison is therefore: every discrete decision (leapfrog steps, tree depths,
+divergences) identical, every real value equal to rounding (1e-6; differences of ~4e-8
+are seen, grown from last-bit ones through the step-size adaptation)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hbm.errors import ConfigurationError
+from hbm.inference import engine
+from hbm.inference.settings import KernelSettings
+from hbm.samplers import adaptation
+from hbm.samplers.lockstep_free import run_lockstep_free_chains
+
+from ._helpers import funnel
+
+NUM_WARMUP, NUM_DRAWS, MEMBERS, DEPTH = 60, 50, 5, 5
+SCALES = np.exp(np.linspace(-1.0, 1.0, 6))  # needs adaptation; depth 5 is reached early
+
+
+def _gaussian(x):
+    return -0.5 * jnp.sum((x / SCALES) ** 2)
+
+
+def _runs(metric, schedule):
+    assert jax.config.jax_enable_x64
+    logdensity = _gaussian
+    settings = KernelSettings(max_tree_depth=DEPTH, metric=metric, warmup_schedule=schedule)
+    program = engine.build_chain_program(lambda x, data, weights: logdensity(x), settings)
+    keys = jax.random.split(jax.random.PRNGKey(0), 3 * MEMBERS).reshape(MEMBERS, 3, 2)
+    positions = 3.0 * np.random.default_rng(0).normal(size=(MEMBERS, len(SCALES)))
+    chains = jax.jit(jax.vmap(lambda k, x: program.init(k, x, None, None, None)))(
+        keys[:, 0], positions)
+    flags = engine.slice_schedule(
+        engine.schedule_for_chunks(schedule, NUM_WARMUP, NUM_WARMUP, metric), 0, NUM_WARMUP)
+
+    def standard(chain, warmup_key, draw_key):
+        chain, warm = program.run(chain, warmup_key, 0, NUM_WARMUP, True, flags, None, None)
+        chain, out = program.run(chain, draw_key, 0, NUM_DRAWS, False,
+                                 engine.no_adaptation(NUM_DRAWS), None, None)
+        return chain, warm, out
+
+    reference = jax.jit(jax.vmap(standard))(chains, keys[:, 1], keys[:, 2])
+    free = run_lockstep_free_chains(
+        keys[:, 1], keys[:, 2], chains, logdensity, NUM_WARMUP, NUM_DRAWS, flags,
+        estimator=adaptation.metric_estimator(metric, schedule), max_tree_depth=DEPTH,
+        target_accept=settings.target_accept)
+    return reference, free
+
+
+@pytest.mark.parametrize("metric, schedule", [("diag_grad", "early"), ("diag", "stan"),
+                                              ("lowrank", "early")])
+def test_warmup_and_sampling_follow_the_engine(metric, schedule):
+    (chain, warm, out), free = _runs(metric, schedule)
+    np.testing.assert_array_equal(free.infos.num_steps, out["n_steps"])
+    np.testing.assert_array_equal(free.infos.is_divergent, out["diverging"])
+    np.testing.assert_array_equal(free.infos.tree_depth, out["tree_depth"])
+    np.testing.assert_array_equal(free.warmup_steps, warm["n_steps"].sum(1))
+    np.testing.assert_array_equal(free.warmup_divergences, warm["diverging"].sum(1))
+    close = dict(rtol=1e-6, atol=1e-6)  # scales ~1; last-bit differences grown to ~4e-8
+    np.testing.assert_allclose(free.positions, out["position"], **close)
+    np.testing.assert_allclose(free.logdensity, out["lp"], **close)
+    np.testing.assert_allclose(free.chains.step_size, chain.step_size, **close)
+    for mine, theirs in zip(jax.tree.leaves(free.chains.inverse_mass_matrix),
+                            jax.tree.leaves(chain.inverse_mass_matrix)):
+        np.testing.assert_allclose(mine, theirs, **close)
+    # the metric was adapted (the diagonal left 1), and maximal-depth transitions occur
+    assert not np.allclose(jax.tree.leaves(free.chains.inverse_mass_matrix)[0], 1.0)
+    assert (warm["tree_depth"] == DEPTH).any()
+    total = free.warmup_steps.sum() + free.infos.num_steps.sum()
+    assert float(free.useful_leapfrog_fraction) == pytest.approx(
+        float(total / (MEMBERS * free.loop_iterations)), rel=1e-12)
+    assert 0.0 < free.useful_leapfrog_fraction <= 1.0
+
+
+def test_bad_arguments_raise():
+    flags = engine.no_adaptation(10)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    with pytest.raises(ConfigurationError, match="num_draws"):
+        run_lockstep_free_chains(keys, keys, None, funnel(2), 10, 0, flags, estimator=None)
+    with pytest.raises(ConfigurationError, match="flags"):
+        run_lockstep_free_chains(keys, keys, None, funnel(2), 12, 5, flags, estimator=None)
