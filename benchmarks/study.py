@@ -18,8 +18,9 @@ chain program with ``hbm.sample``'s default adaptation, keyed as
   member the longest tree of the batch; useful fraction =
   ``sum(num_steps) / (members * sum_t max_m num_steps)``, warmup included;
 * lockstep-free: :func:`hbm.samplers.lockstep_free.run_lockstep_free_chains`
-  (``build_batched_nuts(..., lockstep_free=True)``); useful fraction = all leapfrog steps
-  over ``members * loop_iterations``.
+  (``build_batched_nuts(..., lockstep_free=True)``) on ``members / --refill`` lanes (a
+  lane whose member is done takes the next member of the batch); useful fraction = all
+  leapfrog steps over ``lanes * loop_iterations``.
 
 Data sets stream through the compiled programs in batches of ``--batch``; the table
 gives data sets per second (compilation excluded: a first batch compiles), the useful
@@ -50,7 +51,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hbm  # noqa: E402
-from hbm.batch import dataset_keys  # noqa: E402
+from hbm.batch import REFILL, dataset_keys  # noqa: E402
 from hbm.inference.engine import (build_chain_program, no_adaptation,  # noqa: E402
                                   schedule_for_chunks, slice_schedule)
 from hbm.inference.settings import KernelSettings  # noqa: E402
@@ -98,7 +99,7 @@ def simulate(family: str, count: int, seed: int, layout) -> np.ndarray:
 class Programs:
     """The lockstep and lockstep-free runs of one family and size, compiled once."""
 
-    def __init__(self, family, layout, *, chains, warmup, draws, radius=2.0):
+    def __init__(self, family, layout, *, chains, warmup, draws, refill, radius=2.0):
         dtype = jnp.result_type(float)
         self.chains, self.warmup, self.draws = chains, warmup, draws
         self.layout_np = layout
@@ -145,15 +146,15 @@ class Programs:
 
         def lockstep_free(keys, ys):
             split, starts, member_ys = members(keys, ys)
+            slots = -(-member_ys.shape[0] // refill)
             initial = jax.vmap(lambda key4, start, y: program.init(
                 key4[1], start, {**shared, "y": y}, None, None))(split, starts, member_ys)
             result = run_lockstep_free_chains(
                 split[:, 2], split[:, 3], initial, logdensity, warmup, draws, flags,
                 estimator=estimator, max_tree_depth=settings.max_tree_depth,
-                target_accept=settings.target_accept, data=member_ys)
+                target_accept=settings.target_accept, data=member_ys, slots=slots)
             used = jnp.sum(result.warmup_steps) + jnp.sum(result.infos.num_steps)
-            return (result.positions.mean(1), used,
-                    result.positions.shape[0] * result.loop_iterations)
+            return result.positions.mean(1), used, slots * result.loop_iterations
 
         self.runs = {"lockstep": jax.jit(lockstep), "lockstep_free": jax.jit(lockstep_free)}
 
@@ -193,14 +194,16 @@ def measure(programs: Programs, family, num_datasets, batch, seed, which):
             "useful_fraction": used / slots, "means": np.concatenate(means)}
 
 
-def run_rows(families, sizes, *, chains, warmup, draws, batch, seed):
+def run_rows(families, sizes, *, chains, warmup, draws, batch, seed, refill):
     rows = []
     for family in families:
         layout = design(seed)
-        programs = Programs(family, layout, chains=chains, warmup=warmup, draws=draws)
+        programs = Programs(family, layout, chains=chains, warmup=warmup, draws=draws,
+                            refill=refill)
         for num_datasets in sizes:
             row = {"family": family, "datasets": num_datasets, "chains": chains,
                    "members_per_batch": min(batch, num_datasets) * chains,
+                   "lockstep_free_lanes": -(-min(batch, num_datasets) * chains // refill),
                    "warmup": warmup, "draws": draws, "d": programs.size}
             results = {}
             for which in ("lockstep", "lockstep_free"):
@@ -220,7 +223,8 @@ def run_rows(families, sizes, *, chains, warmup, draws, batch, seed):
 
 
 def print_table(rows):
-    columns = ["family", "datasets", "members_per_batch", "lockstep_datasets_per_s",
+    columns = ["family", "datasets", "members_per_batch", "lockstep_free_lanes",
+               "lockstep_datasets_per_s",
                "lockstep_free_datasets_per_s", "speedup",
                "lockstep_useful_leapfrog_fraction", "lockstep_free_useful_leapfrog_fraction",
                "peak_memory_mb"]
@@ -239,6 +243,9 @@ def main(argv=None):
     parser.add_argument("--draws", type=int, default=500)
     parser.add_argument("--batch", type=int, default=64, help="data sets per batch")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--refill", type=int, default=REFILL,
+                        help="lockstep-free: members per lane (a lane whose member is done "
+                             "takes the next); 1 runs every member of a batch at once")
     parser.add_argument("--smoke", action="store_true",
                         help="one batch of 64 data sets x 4 chains = 256 members, normal "
                              "family, 150 warmup + 100 draws")
@@ -249,12 +256,13 @@ def main(argv=None):
         args.warmup, args.draws, args.batch = 150, 100, 64
     rows = run_rows(args.families.split(","), [int(s) for s in args.datasets.split(",")],
                     chains=args.chains, warmup=args.warmup, draws=args.draws,
-                    batch=args.batch, seed=args.seed)
+                    batch=args.batch, seed=args.seed, refill=args.refill)
     print()
     print_table(rows)
     at = [r for r in rows if r["members_per_batch"] == 256] or rows
     summary = {
         "members": at[-1]["members_per_batch"],
+        "lockstep_free_lanes": at[-1]["lockstep_free_lanes"],
         "useful_leapfrog_fraction": at[-1]["lockstep_free_useful_leapfrog_fraction"],
         "lockstep_useful_leapfrog_fraction": at[-1]["lockstep_useful_leapfrog_fraction"],
         "lockstep_free_datasets_per_s": at[-1]["lockstep_free_datasets_per_s"],

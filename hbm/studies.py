@@ -412,8 +412,10 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
         Run NUTS without lockstep: every chain of every data set of a batch advances its
         own trajectory one leapfrog step per iteration of one shared loop
         (:func:`hbm.samplers.lockstep_free.run_lockstep_free_chains`), instead of waiting
-        for the longest tree of the batch at every transition. Same keys, same decisions
-        (to rounding). Off by default: on a CPU its per-step bookkeeping costs more than
+        for the longest tree of the batch at every transition; a quarter of the batch's
+        chains run at once, and a lane whose chain is done takes the next one
+        (:data:`hbm.batch.REFILL`), so the batch waits for its slowest chains only once.
+        Same keys, same decisions (to rounding). Off by default: on a CPU its per-step bookkeeping costs more than
         the idle lanes it saves (``benchmarks/study.py`` measures both); the useful
         fraction is ``.info["useful_leapfrog_fraction"]``.
 
@@ -429,7 +431,7 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
         ``ess_bulk``, ``divergences`` (per data set); ``.summary()`` per configuration x
         parameter; ``.info`` (timings, device, settings).
     """
-    from hbm.batch import build_batched_map, build_batched_nuts, dataset_keys
+    from hbm.batch import REFILL, build_batched_map, build_batched_nuts, dataset_keys
 
     _check_model(model)
     datasets = check_int("datasets", datasets, 1)
@@ -460,7 +462,8 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
         if "nuts" in methods:
             programs["nuts"] = build_batched_nuts(design.noncentered, chains=chains,
                                                   warmup=warmup, draws=draws,
-                                                  lockstep_free=bool(lockstep_free))
+                                                  lockstep_free=bool(lockstep_free),
+                                                  refill=REFILL if lockstep_free else 1)
         return programs
 
     programs = dict(_cached_programs(model, ("study", design.centered.signature, methods,

@@ -14,11 +14,13 @@ MODEL = hbm.Model(
 )
 
 
-def test_lockstep_free_batch_follows_the_lockstep_batch():
+@pytest.mark.parametrize("refill", [1, 4])
+def test_lockstep_free_batch_follows_the_lockstep_batch(refill):
     """Same keys, same decisions: leapfrog counts and divergences equal; summaries and
     step sizes equal to rounding (differences in the last bit of the adaptation's
     arithmetic, compiled in two programs, grow a little; see
-    tests/samplers/test_lockstep_free_warmup.py)."""
+    tests/samplers/test_lockstep_free_warmup.py). With ``refill=4`` the 12 chains run on
+    3 lanes, each taking the next chain when its own is done."""
     assert jax.config.jax_enable_x64
     y = np.random.default_rng(0).normal(0.5, 1.5, size=(6, 8))
     bound = MODEL.bind({"y": jnp.asarray(y[0])})
@@ -26,7 +28,8 @@ def test_lockstep_free_batch_follows_the_lockstep_batch():
     keys = dataset_keys(3, 0, 6)
     batched = {"y": jnp.asarray(y)}
     lockstep = build_batched_nuts(bound, **options)(keys, batched, {})
-    free = build_batched_nuts(bound, lockstep_free=True, **options)(keys, batched, {})
+    free = build_batched_nuts(bound, lockstep_free=True, refill=refill, **options)(
+        keys, batched, {})
     np.testing.assert_array_equal(free.mean_steps, lockstep.mean_steps)
     np.testing.assert_array_equal(free.divergences, lockstep.divergences)
     close = dict(rtol=1e-6, atol=1e-6)
@@ -47,3 +50,9 @@ def test_lockstep_free_program_compiles_once_per_shape():
     for s in range(2):
         run(dataset_keys(0, 4 * s, 4), {"y": jnp.asarray(y[s])}, {})
     assert run.traces() == 1
+
+
+def test_refill_must_be_a_positive_integer():
+    bound = MODEL.bind({"y": jnp.zeros(3)})
+    with pytest.raises(hbm.errors.ConfigurationError, match="refill"):
+        build_batched_nuts(bound, lockstep_free=True, refill=0)

@@ -25,6 +25,16 @@ where one of its warmup transitions ends it applies the schedule's row for that
 transition (:func:`~hbm.samplers.adaptation.warmup_adapt`) on its own clock, so members
 adapt without waiting for each other; keyed as the engine keys its chains, it takes the
 engine's decisions (to floating-point rounding of the adaptation's arithmetic).
+
+Refilling. Without lockstep the loop still waits, once, for the member needing the most
+gradients in all: where members differ (data sets of a simulation study, chains whose
+early warmup is slow), that member can need twice the median's gradients, and half the
+lanes idle on average. With ``slots`` below the number of members, only ``slots`` members
+run at a time, and a slot whose member has made its last transition takes the next member
+not yet started (its key, start and data) in the same iteration; draws are written per
+member, so they do not depend on the slot (a work queue; the makespan is the total work
+over the slots plus at most one member's, Graham 1969, "Bounds on multiprocessing timing
+anomalies").
 """
 
 from __future__ import annotations
@@ -150,6 +160,7 @@ def run_lockstep_free(
     data: Any = None,
     integrator: Callable = velocity_verlet,
     metric: Callable = gaussian_euclidean,
+    slots: int | None = None,
 ) -> LockstepFreeResult:
     """Run ``num_transitions`` NUTS transitions for every member, without lockstep.
 
@@ -174,6 +185,10 @@ def run_lockstep_free(
         Optional pytree whose leaves have a leading members axis: member ``m``'s data.
     integrator, metric
         As in :func:`hbm.samplers.nuts.build_kernel`.
+    slots
+        How many members run at once (default: all). With fewer slots than members, a
+        slot whose member is done takes the next one (see the module docstring); the
+        draws do not change, and ``useful_leapfrog_fraction`` is over ``slots``.
 
     Returns
     -------
@@ -213,7 +228,15 @@ def run_lockstep_free(
                 logdensity_fn=logdensity_fn, num_transitions=int(num_transitions),
                 max_tree_depth=int(max_tree_depth),
                 divergence_threshold=float(divergence_threshold), integrator=integrator,
-                metric=metric)
+                metric=metric, slots=_check_slots(slots, members))
+
+
+def _check_slots(slots, members):
+    if slots is None:
+        return None
+    if isinstance(slots, bool) or int(slots) != slots or slots < 1:
+        raise ConfigurationError(f"slots must be an integer >= 1, got {slots!r}")
+    return min(int(slots), members)
 
 
 def run_lockstep_free_chains(
@@ -232,6 +255,7 @@ def run_lockstep_free_chains(
     data: Any = None,
     integrator: Callable = velocity_verlet,
     metric: Callable = metric_from,
+    slots: int | None = None,
 ) -> LockstepFreeChains:
     """Warmup and sampling of many chains without lockstep, with the engine's decisions.
 
@@ -264,6 +288,11 @@ def run_lockstep_free_chains(
         As the engine's kernel and adaptation.
     data
         Optional pytree with a leading members axis: member ``m``'s data.
+    slots
+        How many members run at once (default: all). With fewer, a slot whose member has
+        made its last transition takes the next member not yet started, so the loop
+        waits for the slowest members only once, at the end (the draws do not change;
+        ``useful_leapfrog_fraction`` is over ``slots``).
 
     Returns
     -------
@@ -276,21 +305,23 @@ def run_lockstep_free_chains(
     flags = jax.tree.map(jnp.asarray, flags)
     if any(a.shape != (int(num_warmup),) for a in flags):
         raise ConfigurationError(f"flags must hold {num_warmup} warmup iterations")
-    return _run_chains(jnp.stack([jnp.asarray(warmup_keys), jnp.asarray(draw_keys)], 1),
+    warmup_keys = jnp.asarray(warmup_keys)
+    slots = _check_slots(slots, warmup_keys.shape[0])
+    return _run_chains(jnp.stack([warmup_keys, jnp.asarray(draw_keys)], 1),
                        initial_chains, flags, data, logdensity_fn=logdensity_fn,
                        num_warmup=int(num_warmup), num_draws=int(num_draws),
                        estimator=estimator, max_tree_depth=int(max_tree_depth),
                        divergence_threshold=float(divergence_threshold),
                        target_accept=float(target_accept), integrator=integrator,
-                       metric=metric)
+                       metric=metric, slots=slots)
 
 
 @functools.partial(jax.jit, static_argnames=(
     "logdensity_fn", "num_warmup", "num_draws", "estimator", "max_tree_depth",
-    "divergence_threshold", "target_accept", "integrator", "metric"))
+    "divergence_threshold", "target_accept", "integrator", "metric", "slots"))
 def _run_chains(keys, chains, flags, data, *, logdensity_fn, num_warmup, num_draws,
                 estimator, max_tree_depth, divergence_threshold, target_accept, integrator,
-                metric):
+                metric, slots):
     def phase_key(key, transition):
         # the engine's key of iteration `it` of a phase: split(fold_in(phase key, it))
         warm = transition < num_warmup
@@ -304,14 +335,14 @@ def _run_chains(keys, chains, flags, data, *, logdensity_fn, num_warmup, num_dra
                   num_draws=num_draws, kernel_key=lambda k, t: phase_key(k, t)[0],
                   max_tree_depth=max_tree_depth,
                   divergence_threshold=divergence_threshold, integrator=integrator,
-                  metric=metric)
+                  metric=metric, slots=slots)
 
 
 @functools.partial(jax.jit, static_argnames=(
     "logdensity_fn", "num_transitions", "max_tree_depth", "divergence_threshold",
-    "integrator", "metric"))
+    "integrator", "metric", "slots"))
 def _run(keys, initial_positions, step_size, inverse_mass_matrix, data, *, logdensity_fn,
-         num_transitions, max_tree_depth, divergence_threshold, integrator, metric):
+         num_transitions, max_tree_depth, divergence_threshold, integrator, metric, slots):
     data_axes = None if data is None else 0
 
     def initial_chain(position, eps, inverse_mass, member_data):
@@ -323,7 +354,7 @@ def _run(keys, initial_positions, step_size, inverse_mass_matrix, data, *, logde
     out = _drive(keys, chains, None, data, logdensity_fn=logdensity_fn, num_warmup=0,
                  num_draws=num_transitions, kernel_key=jax.random.fold_in,
                  max_tree_depth=max_tree_depth, divergence_threshold=divergence_threshold,
-                 integrator=integrator, metric=metric)
+                 integrator=integrator, metric=metric, slots=slots)
     return LockstepFreeResult(out.positions, out.logdensity, out.infos, out.loop_iterations,
                               out.useful_leapfrog_fraction)
 
@@ -360,7 +391,7 @@ def _where(predicate, new, old):
 
 def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
            num_warmup, num_draws, kernel_key, max_tree_depth, divergence_threshold,
-           integrator, metric) -> LockstepFreeChains:
+           integrator, metric, slots=None) -> LockstepFreeChains:
     """The shared loop: ``num_warmup + num_draws`` transitions per member, one leapfrog
     step of each member's own tree per iteration.
 
@@ -371,10 +402,17 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
     (``t < num_warmup``) applies :func:`~hbm.samplers.adaptation.warmup_adapt` with the
     schedule's row ``t`` and the key ``adaptation.adapt_key(keys[m], t)``, and a sampling
     transition records its draw at row ``t - num_warmup``.
+
+    With ``slots`` below the number of members, only ``slots`` members run at a time: a
+    slot whose member has made its last transition takes the next member not yet started
+    (its key, start and data) in the same iteration, so the loop waits for stragglers only
+    at the very end. Each member's draws do not depend on the slot it ran in.
     """
     from hbm.samplers.adaptation import warmup_adapt
 
     members, dim = chains.hmc_state.position.shape
+    slots = members if slots is None else min(int(slots), members)
+    refills = slots < members
     dtype = chains.hmc_state.position.dtype
     total = num_warmup + num_draws
     data_axes = None if data is None else 0
@@ -415,69 +453,140 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
             transition == num_warmup - 1, target_accept=adaptation.target_accept,
             estimator=adaptation.estimator)
 
-    members_state = jax.vmap(start, in_axes=(0, None, 0))(keys, jnp.int32(0), chains)
+    def first(tree):
+        return jax.tree.map(lambda a: a[:slots], tree)
+
+    slot = _Slots(
+        member=jnp.arange(slots, dtype=jnp.int32), keys=keys[:slots],
+        data=first(data) if refills else None, chains=first(chains),
+        state=jax.vmap(start, in_axes=(0, None, 0))(keys[:slots], jnp.int32(0),
+                                                    first(chains)))
     info_shapes = jax.eval_shape(
         lambda m, c: finish(m, c)[1],
-        jax.tree.map(lambda a: a[0], members_state), jax.tree.map(lambda a: a[0], chains))
-    infos = jax.tree.map(
-        lambda s: jnp.zeros((members, num_draws) + s.shape, s.dtype), info_shapes)
-    positions = jnp.zeros((members, num_draws, dim), dtype)
-    logdensity = jnp.zeros((members, num_draws), dtype)
-    zeros = jnp.zeros((members,), jnp.int32)
+        jax.tree.map(lambda a: a[0], slot.state), jax.tree.map(lambda a: a[0], chains))
+    outputs = _Outputs(
+        positions=jnp.zeros((members, num_draws, dim), dtype),
+        logdensity=jnp.zeros((members, num_draws), dtype),
+        infos=jax.tree.map(
+            lambda s: jnp.zeros((members, num_draws) + s.shape, s.dtype), info_shapes),
+        chains=chains,
+        warmup_steps=jnp.zeros((members,), jnp.int32),
+        warmup_divergences=jnp.zeros((members,), jnp.int32))
 
-    def record(buffer, row, value, write):
-        # buffer (num_draws, ...) of one member: write value at `row` when `write`
-        index = jnp.clip(row, 0, num_draws - 1)
-        old = lax.dynamic_index_in_dim(buffer, index, 0, keepdims=False)
-        return lax.dynamic_update_index_in_dim(buffer, jnp.where(write, value, old), index, 0)
-
-    def iteration(carry):
-        (members_state, chains, positions, logdensity, infos, warmup_steps,
-         warmup_divergences, loop_iterations) = carry
-        transition = members_state.transition
+    def iteration(carry: _Loop) -> _Loop:
+        slot, outputs = carry.slots, carry.outputs
+        slot_data = slot.data if refills else data
+        transition = slot.state.transition
         running = transition < total
-        stepped = jax.vmap(advance, in_axes=(0, 0, data_axes))(members_state, chains, data)
-        members_state = _where(running, stepped, members_state)
-        finished = running & members_state.trajectory.done
-        new_states, new_infos = jax.vmap(finish)(members_state, chains)
+        stepped = jax.vmap(advance, in_axes=(0, 0, data_axes))(slot.state, slot.chains,
+                                                               slot_data)
+        state = _where(running, stepped, slot.state)
+        finished = running & state.trajectory.done
+        new_states, new_infos = jax.vmap(finish)(state, slot.chains)
         in_warmup = transition < num_warmup
         sampled = finished & ~in_warmup
-        row = transition - num_warmup
-        write = jax.vmap(record)
-        positions = write(positions, row, new_states.position, sampled)
-        logdensity = write(logdensity, row, new_states.logdensity, sampled)
-        infos = jax.tree.map(lambda buffer, value: write(buffer, row, value, sampled),
-                             infos, new_infos)
+        # one scatter per buffer: (member, row) where a draw is made, out of bounds (and
+        # dropped) elsewhere
+        member_or_none = jnp.where(sampled, slot.member, members)
+        row = jnp.clip(transition - num_warmup, 0, num_draws - 1)
+
+        def write(buffer, value):
+            return buffer.at[member_or_none, row].set(value, mode="drop")
+
         warming = finished & in_warmup
-        warmup_steps = warmup_steps + jnp.where(warming, new_infos.num_steps, 0)
-        warmup_divergences = warmup_divergences + (warming & new_infos.is_divergent)
+        outputs = outputs._replace(
+            positions=write(outputs.positions, new_states.position),
+            logdensity=write(outputs.logdensity, new_states.logdensity),
+            infos=jax.tree.map(write, outputs.infos, new_infos),
+            warmup_steps=outputs.warmup_steps.at[slot.member].add(
+                jnp.where(warming, new_infos.num_steps, 0), mode="drop"),
+            warmup_divergences=outputs.warmup_divergences.at[slot.member].add(
+                (warming & new_infos.is_divergent).astype(jnp.int32), mode="drop"))
 
         # members whose transition ended adapt (in warmup) and start the next one now
-        def next_transition(state):
-            members_state, chains = state
+        def next_transition(operand):
+            slot, outputs, next_member = operand
+            chains = slot.chains
             moved = chains._replace(hmc_state=new_states)
             if hasattr(moved, "iteration"):
                 moved = moved._replace(iteration=chains.iteration + 1)
             if adaptation is not None and num_warmup > 0:
                 adapting = jax.vmap(adapted, in_axes=(0, 0, 0, 0, 0, data_axes))(
-                    keys, chains, new_states, new_infos, transition, data)
+                    slot.keys, chains, new_states, new_infos, transition, slot_data)
                 moved = _where(in_warmup, adapting, moved)
             chains = _where(finished, moved, chains)
-            restarted = jax.vmap(start)(keys, transition + 1, chains)
-            return _where(finished, restarted, members_state), chains
+            restarted = jax.vmap(start)(slot.keys, transition + 1, chains)
+            slot = slot._replace(state=_where(finished, restarted, state), chains=chains)
+            if refills:  # keep the final chain states of members that are done
+                completed = finished & (transition + 1 == total)
+                final = jnp.where(completed, slot.member, members)
+                outputs = lax.cond(jnp.any(completed), lambda o: o._replace(
+                    chains=jax.tree.map(
+                        lambda buffer, value: buffer.at[final].set(value, mode="drop"),
+                        o.chains, chains)), lambda o: o, outputs)
+                slot, next_member = lax.cond(
+                    jnp.any(completed) & (next_member < members), refill,
+                    lambda s, n, c: (s, n), slot, next_member, completed)
+            return slot, outputs, next_member
 
-        members_state, chains = lax.cond(jnp.any(finished), next_transition,
-                                         lambda state: state, (members_state, chains))
-        return (members_state, chains, positions, logdensity, infos, warmup_steps,
-                warmup_divergences, loop_iterations + 1)
+        def refill(slot, next_member, completed):
+            """Slots whose member is done take the next members not yet started."""
+            member = next_member + jnp.cumsum(completed, dtype=jnp.int32) - 1
+            taken = completed & (member < members)
+            member = jnp.where(taken, member, 0).astype(jnp.int32)
+            fresh = _Slots(member=member, keys=keys[member],
+                           data=jax.tree.map(lambda a: a[member], data),
+                           chains=jax.tree.map(lambda a: a[member], chains),
+                           state=None)
+            fresh = fresh._replace(state=jax.vmap(start, in_axes=(0, None, 0))(
+                fresh.keys, jnp.int32(0), fresh.chains))
+            return (_where(taken, fresh, slot),
+                    next_member + jnp.sum(taken, dtype=jnp.int32))
 
-    def keep_going(carry):
-        return jnp.any(carry[0].transition < total)
+        state_only = slot._replace(state=state)
+        slot, outputs, next_member = lax.cond(
+            jnp.any(finished), next_transition, lambda operand: operand,
+            (state_only, outputs, carry.next_member))
+        return _Loop(slot, outputs, next_member, carry.iterations + 1)
 
-    carry = (members_state, chains, positions, logdensity, infos, zeros, zeros,
-             jnp.int32(0))
-    (_, chains, positions, logdensity, infos, warmup_steps, warmup_divergences,
-     loop_iterations) = lax.while_loop(keep_going, iteration, carry)
-    useful = (jnp.sum(infos.num_steps) + jnp.sum(warmup_steps)) / (members * loop_iterations)
-    return LockstepFreeChains(positions, logdensity, infos, chains, warmup_steps,
-                              warmup_divergences, loop_iterations, useful)
+    def keep_going(carry: _Loop):
+        return jnp.any(carry.slots.state.transition < total)
+
+    final = lax.while_loop(keep_going, iteration,
+                           _Loop(slot, outputs, jnp.int32(slots), jnp.int32(0)))
+    outputs = final.outputs
+    if not refills:  # slot m ran member m
+        outputs = outputs._replace(chains=final.slots.chains)
+    useful = ((jnp.sum(outputs.infos.num_steps) + jnp.sum(outputs.warmup_steps))
+              / (slots * final.iterations))
+    return LockstepFreeChains(outputs.positions, outputs.logdensity, outputs.infos,
+                              outputs.chains, outputs.warmup_steps,
+                              outputs.warmup_divergences, final.iterations, useful)
+
+
+class _Slots(NamedTuple):
+    """The members running now, one per slot (leading slots axis)."""
+
+    member: jax.Array  # which member each slot runs
+    keys: jax.Array
+    data: Any  # the members' data (None when data is shared or all members run at once)
+    chains: Any
+    state: MemberState
+
+
+class _Outputs(NamedTuple):
+    """Per member (leading members axis): draws, final chain states, warmup counts."""
+
+    positions: jax.Array
+    logdensity: jax.Array
+    infos: NUTSInfo
+    chains: Any
+    warmup_steps: jax.Array
+    warmup_divergences: jax.Array
+
+
+class _Loop(NamedTuple):
+    slots: _Slots
+    outputs: _Outputs
+    next_member: jax.Array  # the first member not yet started
+    iterations: jax.Array
