@@ -281,9 +281,16 @@ def _prepare_run(model, data, settings: SampleSettings, reparam) -> NUTSRun:
     if log_likelihood is None:
         n_obs = sum(int(np.prod(jnp.shape(bound.data[k]))) for k in observed_keys(bound))
         log_likelihood = n_obs * chains * settings.draws <= MAX_LOG_LIKELIHOOD_SIZE
-    linear_algebra = jax.default_backend() == "cpu" and (
-        settings.metric in ("dense", "lowrank") or calls_linear_algebra(
-            lambda x: bound.logdensity(x, bound.data), jnp.zeros(bound.size)))
+    # LAPACK calls matter only for chains that may share the CPU devices (see
+    # hbm.inference.chains); the trace that finds them is made once per model and shapes
+    linear_algebra = (
+        jax.default_backend() == "cpu" and settings.chain_method in ("auto", "sharded")
+        and len(jax.local_devices()) > 1
+        and (settings.metric in ("dense", "lowrank") or cached(
+            model, ("linear_algebra", reparam_signature(bind_reparam),
+                    data_signature(bound.data), jax.config.jax_enable_x64),
+            lambda: calls_linear_algebra(lambda x: bound.logdensity(x, bound.data),
+                                         jnp.zeros(bound.size)))))
     chain_method = resolve_chain_method(settings.chain_method, chains,
                                         linear_algebra=linear_algebra)
     placement = dict(num_chains=chains, chain_method=chain_method,
