@@ -417,8 +417,9 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
     total = num_warmup + num_draws
     data_axes = None if data is None else 0
 
-    def start(key, transition, chain):
-        """Draw the momentum of ``transition`` and start its tree (as the kernel does)."""
+    def start(key, transition, chain, storage=None):
+        """Draw the momentum of ``transition`` and start its tree (as the kernel does);
+        ``storage``: the member's previous tree, whose checkpoint array is reused."""
         metric_fns = metric(chain.inverse_mass_matrix)
         momentum_key, tree_key = jax.random.split(kernel_key(key, transition))
         hmc_state = chain.hmc_state
@@ -426,7 +427,7 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
         initial = IntegratorState(hmc_state.position, momentum, hmc_state.logdensity,
                                   hmc_state.logdensity_grad)
         trajectory = trajectory_init(tree_key, initial, metric_fns,
-                                     max_tree_depth=max_tree_depth)
+                                     max_tree_depth=max_tree_depth, storage=storage)
         return MemberState(hmc_state, trajectory, momentum, transition)
 
     def advance(member: MemberState, chain, member_data):
@@ -478,9 +479,10 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
         slot_data = slot.data if refills else data
         transition = slot.state.transition
         running = transition < total
-        stepped = jax.vmap(advance, in_axes=(0, 0, data_axes))(slot.state, slot.chains,
-                                                               slot_data)
-        state = _where(running, stepped, slot.state)
+        # a slot whose member is done steps on too (its results are never read): that
+        # saves a select of the whole trajectory state per iteration
+        state = jax.vmap(advance, in_axes=(0, 0, data_axes))(slot.state, slot.chains,
+                                                             slot_data)
         finished = running & state.trajectory.done
         new_states, new_infos = jax.vmap(finish)(state, slot.chains)
         in_warmup = transition < num_warmup
@@ -515,7 +517,7 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
                     slot.keys, chains, new_states, new_infos, transition, slot_data)
                 moved = _where(in_warmup, adapting, moved)
             chains = _where(finished, moved, chains)
-            restarted = jax.vmap(start)(slot.keys, transition + 1, chains)
+            restarted = jax.vmap(start)(slot.keys, transition + 1, chains, state.trajectory)
             slot = slot._replace(state=_where(finished, restarted, state), chains=chains)
             if refills:  # keep the final chain states of members that are done
                 completed = finished & (transition + 1 == total)
@@ -538,8 +540,8 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
                            data=jax.tree.map(lambda a: a[member], data),
                            chains=jax.tree.map(lambda a: a[member], chains),
                            state=None)
-            fresh = fresh._replace(state=jax.vmap(start, in_axes=(0, None, 0))(
-                fresh.keys, jnp.int32(0), fresh.chains))
+            fresh = fresh._replace(state=jax.vmap(start, in_axes=(0, None, 0, 0))(
+                fresh.keys, jnp.int32(0), fresh.chains, slot.state.trajectory))
             return (_where(taken, fresh, slot),
                     next_member + jnp.sum(taken, dtype=jnp.int32))
 

@@ -360,19 +360,26 @@ def _pack(fields: _Fields) -> TrajectoryState:
     groups, positions = [], [None] * len(leaves)
     for group, kind in enumerate(sorted(set(kinds))):
         members = [i for i, k in enumerate(kinds) if k == kind]
-        groups.append(jnp.stack([leaves[i] for i in members]))
+        if len(members) == 1:  # a leading axis of one: a reshape, not a copy
+            groups.append(jnp.expand_dims(leaves[members[0]], 0))
+        else:
+            groups.append(jnp.stack([leaves[i] for i in members]))
         for index, i in enumerate(members):
             positions[i] = (group, index, len(kind[0]))
     return TrajectoryState(groups, _Layout(treedef, tuple(positions)))
 
 
 def trajectory_init(
-    key, initial_state: IntegratorState, metric: Metric, *, max_tree_depth: int = 10
+    key, initial_state: IntegratorState, metric: Metric, *, max_tree_depth: int = 10,
+    storage: TrajectoryState | None = None,
 ) -> TrajectoryState:
     """Start a trajectory at ``initial_state`` (with its freshly drawn momentum).
 
     ``key`` is the tree key (not the momentum key); the direction, leaf and merge
-    randomness of all ``max_tree_depth`` doublings is derived from it here.
+    randomness of all ``max_tree_depth`` doublings is derived from it here. ``storage``,
+    an earlier trajectory of the same shapes, lends its checkpoint array: a slot is
+    always written before it is read, so its old contents do not matter, and a loop
+    that restarts trajectories in place then selects the array with itself (no copy).
     """
     position = initial_state.position
     dtype = jnp.result_type(position)
@@ -384,7 +391,11 @@ def trajectory_init(
     merge_uniform_by_depth = jax.vmap(lambda k: jax.random.uniform(k, dtype=dtype))(merge_keys)
     proposal = Proposal(position, initial_state.logdensity, initial_state.logdensity_grad,
                         initial_energy)
-    checkpoints = jnp.zeros((max_tree_depth + 1, len(_Checkpoint._fields)) + position.shape, dtype)
+    if storage is not None:
+        checkpoints = storage.fields().checkpoints
+    else:
+        checkpoints = jnp.zeros((max_tree_depth + 1, len(_Checkpoint._fields))
+                                + position.shape, dtype)
     zero = jnp.zeros((), dtype)
     false = jnp.zeros((), bool)
     return _pack(_Fields(
@@ -504,7 +515,6 @@ def trajectory_step(
     row = jnp.stack(_Checkpoint(new.momentum, velocity, state.end.state.momentum,
                                 state.end.velocity, sum_before))
     checkpoints = lax.dynamic_update_index_in_dim(state.checkpoints, row, slot, 0)
-    slots = _Checkpoint(*(checkpoints[:, k] for k in range(len(_Checkpoint._fields))))
 
     # -- U-turn checks of the sub-subtrees of sizes 2, 4, ..., 2**k ending at leaf i;
     # the one of size 2**level starts in slot count - level, its middle in the next slot
@@ -517,8 +527,8 @@ def trajectory_step(
     def check_body(carry):
         level, _ = carry
         # the checkpoints of the sub-subtree's first and middle leaves
-        start = jax.tree.map(lambda a: a[count - level], slots)
-        mid = jax.tree.map(lambda a: a[count - level + 1], slots)
+        start = _Checkpoint(*lax.dynamic_index_in_dim(checkpoints, count - level, 0, False))
+        mid = _Checkpoint(*lax.dynamic_index_in_dim(checkpoints, count - level + 1, 0, False))
         velocity_start = start.velocity
         sum_before_start = start.sum_before
         turning = metric.check_turning(
