@@ -392,10 +392,13 @@ def predict(fit, data=None, *, new_groups: str = "sample", draws: int | None = N
     ----------
     fit : hbm.Fit
         A fit that kept its model and data (every hbm driver does).
-    data : dict, optional
+    data : dict or pandas.DataFrame, optional
         New data (covariates and grouping keys, see the module docstring); ``None``
         replicates the fitted data (the posterior predictive of the observations).
-        Keys not given are taken from the fit's data.
+        Keys not given are taken from the fit's data. For a model built by
+        :func:`hbm.formula`, a DataFrame of new rows with the formula's columns (as
+        brms's ``newdata``), turned into data by ``model.formula_spec.new_data``; its
+        grouping columns hold level labels, so levels not seen in fitting are new groups.
     new_groups : {"sample", "mean", "error"}, default "sample"
         What a group not seen in fitting gets: a fresh draw from the fitted hierarchy per
         posterior draw, the population location, or a :class:`hbm.errors.DataError`.
@@ -420,6 +423,7 @@ def predict(fit, data=None, *, new_groups: str = "sample", draws: int | None = N
         ``fit.predictions_constant_data``), and the new groups' names in
         ``fit.info["predict_new_groups"]``.
     """
+    data = _formula_rows(fit, data)
     result, new_data, groups = posterior_predictive_draws(fit, data, new_groups, draws, seed)
     if data is None:
         fit.posterior_predictive = result
@@ -433,6 +437,21 @@ def predict(fit, data=None, *, new_groups: str = "sample", draws: int | None = N
     if arviz:
         return fit.to_arviz()
     return result
+
+
+def _formula_rows(fit, data):
+    """New rows as a DataFrame -> the data dict of the fit's formula model."""
+    import pandas as pd
+
+    if not isinstance(data, pd.DataFrame):
+        return data
+    spec = getattr(fit.model, "formula_spec", None)
+    if spec is None:
+        raise DataError(
+            "predict takes a DataFrame of new rows only for models built by hbm.formula; "
+            "pass a dict of arrays keyed by the model's data keys "
+            f"({sorted(fit.data) if isinstance(fit.data, dict) else 'see the model'})")
+    return spec.new_data(data)
 
 
 def _arviz_groups(fit) -> dict:

@@ -139,8 +139,11 @@ def test_predict_new_levels_draws_from_the_population(df):
     n_new = 5
     new = pd.DataFrame({"x": np.linspace(-1, 1, n_new + 1),
                         "k": ["2"] + [f"new{i}" for i in range(n_new)]})
-    out = fit.predict(model.formula_spec.new_data(new), new_groups="sample", seed=3)
+    out = fit.predict(new, new_groups="sample", seed=3)  # a DataFrame, as brms's newdata
     assert fit.info["predict_new_groups"]["k"] == [f"new{i}" for i in range(n_new)]
+    # the DataFrame is the data dict formula_spec.new_data builds: same draws, same seed
+    same = fit.predict(model.formula_spec.new_data(new), new_groups="sample", seed=3)
+    np.testing.assert_array_equal(same["gauss"], out["gauss"])
     pred = out["gauss"][0]  # (draws, rows)
     z = np.column_stack([np.ones(n_new + 1), new["x"]])
     chol = sd[:, :, None] * L                                        # diag(sd) L

@@ -280,6 +280,10 @@ def test_predict_options_validated(prior_fit):
     bare = hbm.Fit({"mu": np.zeros((1, 3))}, method="nuts")
     with pytest.raises(ConfigurationError, match="model"):
         bare.predict()
+    # a DataFrame of new rows needs a formula model, which knows how to read it
+    import pandas as pd
+    with pytest.raises(DataError, match="hbm.formula"):
+        prior_fit.predict(pd.DataFrame({"floor": [0.0, 1.0]}))
 
 
 # ------------------------------------------------- correlated intercepts and slopes
