@@ -297,6 +297,14 @@ def run_lockstep_free_chains(
     Returns
     -------
     LockstepFreeChains
+
+    Notes
+    -----
+    An iteration in which any member ends a warmup transition runs the adaptation step
+    for every slot and keeps it where a member did end one (a batched select, as
+    ``vmap`` runs a conditional). For the diagonal metrics that is a few vector
+    operations; with ``"lowrank"`` or ``"dense"`` every slot's eigendecomposition or
+    Cholesky factorization is then computed too, ``O(slots d^3)`` per such iteration.
     """
     if int(num_draws) != num_draws or num_draws < 1:
         raise ConfigurationError(f"num_draws must be an integer >= 1, got {num_draws}")
