@@ -34,8 +34,9 @@ The algorithm:
 Checkpoints. The sub-subtrees of sizes ``2, 4, ..., 2**k`` that complete at leaf ``i``
 (0-based within the subtree) are those ``k`` given by the number of trailing one-bits of
 ``i``; the one of size ``2**l`` starts at ``s = i`` with its ``l`` lowest bits cleared.
-Every even leaf ``s`` stores, in slot ``popcount(s)``, its momentum and velocity, the
-momentum and velocity of leaf ``s - 1`` and the running momentum sum before ``s``; a slot
+Every even leaf ``s`` stores, in slot ``popcount(s)``, its momentum, the momentum of leaf
+``s - 1`` and the running momentum sum before ``s`` (velocities are recomputed from the
+momenta where a check reads them); a slot
 is never overwritten while a sub-subtree starting there is open, because every even leaf
 inside that sub-subtree has a larger popcount. Sums of momenta over any sub-subtree are
 differences of the running sum, so storage is ``O(max_tree_depth * d)`` and each leapfrog
@@ -240,12 +241,14 @@ def _pick(values, one_hot):
 
 
 class _Checkpoint(NamedTuple):
-    """What checkpoint slot ``popcount(s)`` holds for the even leaf ``s`` that wrote it."""
+    """What checkpoint slot ``popcount(s)`` holds for the even leaf ``s`` that wrote it.
+
+    Velocities are not stored: a leaf's velocity is ``metric.velocity`` of its momentum,
+    recomputed (the same function of the same value) where a check reads it, which
+    saves two of five rows of writes per leaf."""
 
     momentum: jax.Array
-    velocity: jax.Array
     previous_momentum: jax.Array  # of leaf s - 1
-    previous_velocity: jax.Array
     sum_before: jax.Array  # sum of the subtree's momenta before leaf s
 
 
@@ -294,7 +297,7 @@ class _Fields(NamedTuple):
     subtree_log_weight: jax.Array
     subtree_sum_acceptance: jax.Array  # added to the total when the subtree ends
     # checkpoints, indexed by the popcount of the even leaf that wrote them (last: scratch)
-    checkpoints: jax.Array  # (max_tree_depth + 1, 5, d): rows named by _Checkpoint
+    checkpoints: jax.Array  # (max_tree_depth + 1, 3, d): rows named by _Checkpoint
     # the last leaf is ``end``; what to do with it
     pending_energy: jax.Array
     pending_take_leaf: jax.Array
@@ -512,8 +515,7 @@ def trajectory_step(
     # in-place row update); no check below reads the slot written at its own leaf
     count = lax.population_count(i)
     slot = jnp.where(i % 2 == 0, count, max_tree_depth)
-    row = jnp.stack(_Checkpoint(new.momentum, velocity, state.end.state.momentum,
-                                state.end.velocity, sum_before))
+    row = jnp.stack(_Checkpoint(new.momentum, state.end.state.momentum, sum_before))
     checkpoints = lax.dynamic_update_index_in_dim(state.checkpoints, row, slot, 0)
 
     # -- U-turn checks of the sub-subtrees of sizes 2, 4, ..., 2**k ending at leaf i;
@@ -529,7 +531,7 @@ def trajectory_step(
         # the checkpoints of the sub-subtree's first and middle leaves
         start = _Checkpoint(*lax.dynamic_index_in_dim(checkpoints, count - level, 0, False))
         mid = _Checkpoint(*lax.dynamic_index_in_dim(checkpoints, count - level + 1, 0, False))
-        velocity_start = start.velocity
+        velocity_start = metric.velocity(start.momentum)
         sum_before_start = start.sum_before
         turning = metric.check_turning(
             velocity_start, velocity, subtree_momentum_sum - sum_before_start
@@ -538,11 +540,11 @@ def trajectory_step(
         sum_before_mid = mid.sum_before
         turning_left = metric.check_turning(
             velocity_start,
-            mid.velocity,
+            metric.velocity(mid.momentum),
             sum_before_mid + mid.momentum - sum_before_start,
         )
         turning_right = metric.check_turning(
-            mid.previous_velocity,
+            metric.velocity(mid.previous_momentum),
             velocity,
             subtree_momentum_sum - sum_before_mid + mid.previous_momentum,
         )
@@ -567,7 +569,7 @@ def trajectory_step(
             far_old.velocity, velocity, state.momentum_sum + subtree_momentum_sum
         )
         | metric.check_turning(
-            far_old.velocity, subtree_first.velocity,
+            far_old.velocity, metric.velocity(subtree_first.momentum),
             state.momentum_sum + subtree_first.momentum,
         )
         | metric.check_turning(
@@ -697,12 +699,10 @@ class _SubtreeCarry(NamedTuple):
     sum_acceptance: jax.Array
     is_divergent: jax.Array
     is_turning: jax.Array
-    # checkpoints, indexed by popcount of the even leaf that wrote them (last row: scratch)
-    start_momentum: jax.Array
-    start_velocity: jax.Array
-    previous_momentum: jax.Array
-    previous_velocity: jax.Array
-    sum_before: jax.Array
+    # checkpoints (max_tree_depth + 1, 3, d), rows named by _Checkpoint, indexed by the
+    # popcount of the even leaf that wrote them (last row: scratch); one array, so that a
+    # leaf writes one row (under vmap the batched loop copies and selects every array)
+    checkpoints: jax.Array
 
 
 def _build_subtree(
@@ -723,7 +723,8 @@ def _build_subtree(
     num_leaves = jnp.left_shift(jnp.int32(1), depth)
     signed_step_size = direction * step_size
     scratch_slot = max_tree_depth
-    checkpoints = jnp.zeros((max_tree_depth + 1,) + position.shape, dtype)
+    checkpoints = jnp.zeros((max_tree_depth + 1, len(_Checkpoint._fields)) + position.shape,
+                            dtype)
 
     def cond(carry: _SubtreeCarry):
         return (carry.leaf < num_leaves) & ~carry.is_divergent & ~carry.is_turning
@@ -749,14 +750,9 @@ def _build_subtree(
         count = lax.population_count(i)
         slot = jnp.where(i % 2 == 0, count, scratch_slot)
 
-        def store(array, value):
-            return lax.dynamic_update_index_in_dim(array, value, slot, 0)
-
-        start_momentum = store(carry.start_momentum, state.momentum)
-        start_velocity = store(carry.start_velocity, velocity)
-        previous_momentum = store(carry.previous_momentum, carry.end.state.momentum)
-        previous_velocity = store(carry.previous_velocity, carry.end.velocity)
-        sum_before = store(carry.sum_before, carry.momentum_sum)
+        row = jnp.stack(_Checkpoint(state.momentum, carry.end.state.momentum,
+                                    carry.momentum_sum))
+        checkpoints = lax.dynamic_update_index_in_dim(carry.checkpoints, row, slot, 0)
         momentum_sum = carry.momentum_sum + state.momentum
 
         # U-turn checks of the sub-subtrees of sizes 2, 4, ..., 2**k ending at leaf i
@@ -768,25 +764,24 @@ def _build_subtree(
 
         def check_body(c):
             level, _ = c
-            start_slot = count - level
-            mid_slot = start_slot + 1
-            velocity_start = start_velocity[start_slot]
-            sum_before_start = sum_before[start_slot]
+            start = _Checkpoint(*lax.dynamic_index_in_dim(checkpoints, count - level, 0,
+                                                          False))
+            mid = _Checkpoint(*lax.dynamic_index_in_dim(checkpoints, count - level + 1, 0,
+                                                        False))
+            velocity_start = metric.velocity(start.momentum)
             turning = metric.check_turning(
-                velocity_start, velocity, momentum_sum - sum_before_start
+                velocity_start, velocity, momentum_sum - start.sum_before
             )
             # Stan's extra checks across the two halves (redundant for size 2)
-            velocity_mid = start_velocity[mid_slot]
-            sum_before_mid = sum_before[mid_slot]
             turning_left = metric.check_turning(
                 velocity_start,
-                velocity_mid,
-                sum_before_mid + start_momentum[mid_slot] - sum_before_start,
+                metric.velocity(mid.momentum),
+                mid.sum_before + mid.momentum - start.sum_before,
             )
             turning_right = metric.check_turning(
-                previous_velocity[mid_slot],
+                metric.velocity(mid.previous_momentum),
                 velocity,
-                momentum_sum - sum_before_mid + previous_momentum[mid_slot],
+                momentum_sum - mid.sum_before + mid.previous_momentum,
             )
             turning = turning | ((level >= 2) & (turning_left | turning_right))
             return level + 1, turning
@@ -804,11 +799,7 @@ def _build_subtree(
             sum_acceptance=carry.sum_acceptance + acceptance,
             is_divergent=is_divergent,
             is_turning=is_turning,
-            start_momentum=start_momentum,
-            start_velocity=start_velocity,
-            previous_momentum=previous_momentum,
-            previous_velocity=previous_velocity,
-            sum_before=sum_before,
+            checkpoints=checkpoints,
         )
 
     initial = _SubtreeCarry(
@@ -822,17 +813,13 @@ def _build_subtree(
         sum_acceptance=jnp.zeros((), dtype),
         is_divergent=jnp.zeros((), bool),
         is_turning=jnp.zeros((), bool),
-        start_momentum=checkpoints,
-        start_velocity=checkpoints,
-        previous_momentum=checkpoints,
-        previous_velocity=checkpoints,
-        sum_before=checkpoints,
+        checkpoints=checkpoints,
     )
     final = lax.while_loop(cond, body, initial)
     return _Subtree(
         far_end=final.end,
-        near_momentum=final.start_momentum[0],
-        near_velocity=final.start_velocity[0],
+        near_momentum=final.checkpoints[0, 0],
+        near_velocity=metric.velocity(final.checkpoints[0, 0]),
         momentum_sum=final.momentum_sum,
         proposal=final.proposal,
         log_weight=final.log_weight,
