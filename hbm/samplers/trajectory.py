@@ -54,9 +54,9 @@ one step ahead (a loop-carried value is hashed once, not inside every fused sele
 decisions taken on a leaf (take it, merge, restart) are carried to the next step and
 applied there (``pending_*``), for the same reason; the ~50 fields are packed by shape
 and dtype into a few arrays; the checkpoints are one array updated in place by one row.
-Measured with ``benchmarks/trajectory_profile.py`` (4 vmapped chains, idle 2-core CPU,
-2026-12-01) it still costs 8.2 us per leapfrog step at d = 10 and 66 us at d = 175,
-against 4.5 and 16.5 us for the nested loops, hence it is not the kernel's default.
+Measured with ``benchmarks/trajectory_profile.py`` (4 vmapped chains, 2-core CPU,
+2026-12-01) it still costs about 2-3x the nested loops per leapfrog step (more at large
+d), hence it is not the kernel's default.
 """
 
 from __future__ import annotations
