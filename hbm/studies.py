@@ -20,7 +20,8 @@ Computing 32:32, whose adjusted level is found by simulation.
 
 Random keys: data set ``s`` of configuration ``c`` (global index ``c * datasets + s``)
 gets the key :func:`hbm.batch.dataset_keys` gives that index, split into simulation,
-MAP, Jacobian-MAP and NUTS keys, so results do not depend on the batch size.
+MAP, Jacobian-MAP and NUTS keys, so results do not depend on the batch size, nor on the
+devices and processes a batch is split over (:mod:`hbm.placement`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import numpy as np
 from hbm.errors import ConfigurationError, DataError, ModelError
 from hbm.checkpoint import atomic_write, npz_bytes
 from hbm.inference.settings import check_int
+from hbm.placement import (check_same_everywhere, from_process_zero, gather_rows,
+                           placement_info, resolve_placement, shard_program)
 
 __all__ = ["study", "sbc", "StudyResult", "SBCResult", "METHODS", "COLLAPSE_RATIO",
            "LOG_BOUNDARY"]
@@ -171,6 +174,14 @@ def _build_simulator(model, design: _Design):
     return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
 
 
+def _calls_linear_algebra(design: _Design) -> bool:
+    """Whether either parameterization's log density or its gradient calls LAPACK."""
+    from hbm.inference.chains import calls_linear_algebra
+
+    return any(calls_linear_algebra(lambda x, b=b: b.logdensity(x, b.data), jnp.zeros(b.size))
+               for b in (design.centered, design.noncentered))
+
+
 def _split_keys(keys):
     """Per data set: simulation, MAP, Jacobian-MAP and NUTS keys."""
     parts = jax.vmap(lambda k: jax.random.split(k, 4))(keys)
@@ -223,8 +234,11 @@ class StudyResult:
         The true values of each configuration (index = ``table.configuration``).
     info : dict
         Settings, device, timings (seconds per phase), compilation counts (traces of
-        the programs, which are cached per model and shapes, so a repeated call adds none)
-        and ``resumed_batches`` (batches read back from ``directory``).
+        the programs, which are cached per model and shapes, so a repeated call adds none),
+        ``resumed_batches`` (batches read back from ``directory``) and the placement
+        (:func:`hbm.placement.placement_info`: ``devices``, ``device_count``,
+        ``process_index``, ``process_count``, ``datasets_per_call``, ``padded_batch``,
+        ``placement_note``).
     """
 
     def __init__(self, table, configurations, info):
@@ -307,7 +321,8 @@ class SBCResult:
         The simultaneous 95% ECDF band (:func:`ecdf_band`): ``z``, ``lower``, ``upper``
         (of the ECDF, at the fractions ``z``) and the adjusted level ``gamma``.
     info : dict
-        Settings, device, timings, divergences per data set.
+        Settings, device and placement (as :class:`StudyResult`), timings, divergences
+        per data set.
     """
 
     def __init__(self, ranks, p_value, band, info):
@@ -366,7 +381,8 @@ def _batch_file(config: int, batch: int) -> str:
 def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chains: int = 4,
           warmup: int = 1000, draws: int = 1000, seed: int = 0, batch_size: int | None = None,
           progress: bool = True, directory=None, restarts: int = 4,
-          lockstep_free: bool = False, _after_batch: Callable | None = None) -> StudyResult:
+          lockstep_free: bool = False, devices=None,
+          _after_batch: Callable | None = None) -> StudyResult:
     """Simulate data sets at true parameter values and fit each with MAP and NUTS.
 
     For every configuration of true values, ``datasets`` data sets are simulated from the
@@ -379,7 +395,9 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
     with the Jacobian (the mode of the unconstrained density, non-centered) and NUTS
     (non-centered, ``hbm.sample``'s warmup), each compiled once per shape and vectorized
     over data sets and chains (:mod:`hbm.batch`); draws are reduced on the device. Batches of
-    ``batch_size`` data sets stream through the compiled programs.
+    ``batch_size`` data sets stream through the compiled programs, each split over the
+    local devices and, after ``jax.distributed.initialize``, over the processes
+    (:mod:`hbm.placement`); the table does not depend on the placement.
 
     Parameters
     ----------
@@ -418,6 +436,16 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
         Same keys, same decisions (to rounding). Off by default: on a CPU its per-step bookkeeping costs more than
         the idle lanes it saves (``benchmarks/study.py`` measures both); the useful
         fraction is ``.info["useful_leapfrog_fraction"]``.
+    devices : None, int or sequence of jax.Device
+        Where each batch runs: None (default) splits it over every local device, a number
+        ``n`` over the first ``n``, or over the devices given (local to the calling
+        process), as far as the batch fills them with at least two data sets each
+        (padded with further data sets, dropped). A model that calls LAPACK keeps one
+        device on CPU (see :mod:`hbm.inference.chains`). The table is the same bit for
+        bit whatever the placement (:mod:`hbm.placement`). With several processes (``jax.distributed``), every
+        process makes the same call: each fits its share of every batch on its own
+        devices, the results are gathered, and every process returns the same result;
+        process 0 alone reads and writes ``directory``. ``.info`` records the placement.
 
     Returns
     -------
@@ -429,7 +457,7 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
         scale parameter below 1e-3 x its posterior median, or its log below -15: lme4's
         singular fit), ``rhat`` (rank-normalized split R-hat, Vehtari et al. 2021),
         ``ess_bulk``, ``divergences`` (per data set); ``.summary()`` per configuration x
-        parameter; ``.info`` (timings, device, settings).
+        parameter; ``.info`` (timings, devices and processes, settings).
     """
     from hbm.batch import REFILL, build_batched_map, build_batched_nuts, dataset_keys
 
@@ -449,8 +477,26 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
     settings = _settings(model, design, configurations, datasets=datasets,
                          methods=methods, chains=chains, warmup=warmup, draws=draws, seed=seed,
                          batch_size=batch, restarts=restarts)
-    path, done = (_open_directory(directory, settings) if directory is not None
-                  else (None, []))
+    placement = resolve_placement(devices, batch,
+                                  linear_algebra=lambda: _calls_linear_algebra(design))
+    check_same_everywhere(placement, "study settings",
+                          json.dumps([settings, bool(lockstep_free)], sort_keys=True))
+    lanes = placement.lanes
+    first_lane = placement.process_index * lanes  # this process's slice of a padded batch
+    path = pathlib.Path(directory) if directory is not None else None
+    writer = path is not None and placement.process_index == 0
+
+    def read_directory():
+        _, entries = _open_directory(path, settings)
+        stored = {}
+        for entry in entries:
+            parts = entry[:-4].split("-")
+            with np.load(path / entry) as f:
+                stored[(int(parts[1]), int(parts[3]))] = {n: f[n] for n in f.files}
+        return entries, stored
+
+    done, results = (from_process_zero(placement, read_directory) if path is not None
+                     else ([], {}))
 
     def build():
         programs = {"simulate": _build_simulator(model, design)}
@@ -466,23 +512,20 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
                                                   refill=REFILL if lockstep_free else 1)
         return programs
 
-    programs = dict(_cached_programs(model, ("study", design.centered.signature, methods,
-                                             chains, warmup, draws, restarts,
-                                             bool(lockstep_free)), build))
+    key = ("study", design.centered.signature, methods, chains, warmup, draws, restarts,
+           bool(lockstep_free))
+    programs = dict(_cached_programs(model, key, build))
     simulate = programs.pop("simulate")
+    runners = _cached_programs(model, key + (placement.devices,), lambda: {
+        name: shard_program(p, placement, (True, True, False)) for name, p in programs.items()})
     k = design.layout.size
     batches_per_config = -(-datasets // batch)
-    seconds = {name: 0.0 for name in ("simulate", *programs)}
-    results: dict[tuple[int, int], dict] = {}
-    for entry in done:
-        parts = entry[:-4].split("-")
-        with np.load(path / entry) as stored:
-            results[(int(parts[1]), int(parts[3]))] = {n: stored[n] for n in stored.files}
+    seconds = {name: 0.0 for name in ("simulate", *programs, "gather")}
     resumed = len(results)
     fractions = []
     start_all = time.perf_counter()
-    bar = _progress(len(configurations) * batches_per_config, len(results), progress,
-                    "study")
+    bar = _progress(len(configurations) * batches_per_config, len(results),
+                    progress and placement.process_index == 0, "study")
     try:
         for c, fixed in enumerate(configurations):
             fixed_j = {n: jnp.asarray(v, dtype=jnp.result_type(float)) for n, v in fixed.items()}
@@ -491,38 +534,42 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
                     continue
                 first = b * batch
                 count = min(batch, datasets - first)
-                keys = dataset_keys(seed, c * datasets + first, batch)
+                keys = dataset_keys(seed, c * datasets + first + first_lane, lanes)
                 sim_keys, map_keys, mapj_keys, nuts_keys = _split_keys(keys)
                 t0 = time.perf_counter()
                 observed, truth_flat = jax.block_until_ready(
                     simulate(sim_keys, fixed_j, design.template))
                 seconds["simulate"] += time.perf_counter() - t0
-                out = {"truth": np.asarray(truth_flat)[:count]}
-                nan = np.full((count, k), np.nan)
+                local = {"truth": np.asarray(truth_flat)}
+                nan = np.full((lanes, k), np.nan)
                 for column in _COLUMNS:
-                    out[column] = nan
-                out["divergences"] = np.full(count, -1, np.int64)
-                for name, program in programs.items():
+                    local[column] = nan
+                local["divergences"] = np.full(lanes, -1, np.int64)
+                for name, run in runners.items():
                     t0 = time.perf_counter()
                     if name == "nuts":
-                        fit = jax.device_get(program(nuts_keys, observed, design.shared))
+                        fit = jax.device_get(run(nuts_keys, observed, design.shared))
                         s = fit.summary
                         for column in ("mean", "median", "sd", "q05", "q95"):
-                            out[column] = np.asarray(getattr(s, column))[:count]
-                        out["rhat"] = np.asarray(s.rhat_rank)[:count]
-                        out["ess_bulk"] = np.asarray(s.ess_bulk)[:count]
-                        out["divergences"] = np.asarray(fit.divergences)[:count].astype(
-                            np.int64)
+                            local[column] = np.asarray(getattr(s, column))
+                        local["rhat"] = np.asarray(s.rhat_rank)
+                        local["ess_bulk"] = np.asarray(s.ess_bulk)
+                        local["divergences"] = np.asarray(fit.divergences).astype(np.int64)
                         if fit.useful_leapfrog_fraction is not None:
-                            fractions.append(float(fit.useful_leapfrog_fraction[0]))
+                            local["fraction"] = np.asarray(fit.useful_leapfrog_fraction)
                     else:
-                        mode = jax.device_get(program(
-                            map_keys if name == "map" else mapj_keys, observed,
-                            design.shared))
-                        out[name] = np.asarray(mode.constrained)[:count]
+                        mode = jax.device_get(run(map_keys if name == "map" else mapj_keys,
+                                                  observed, design.shared))
+                        local[name] = np.asarray(mode.constrained)
                     seconds[name] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                gathered = gather_rows(placement, local)
+                seconds["gather"] += time.perf_counter() - t0
+                if "fraction" in gathered:  # per device loop; the same on its lanes
+                    fractions.append(float(np.mean(gathered.pop("fraction"))))
+                out = {name: value[:count] for name, value in gathered.items()}
                 results[(c, b)] = out
-                if path is not None:
+                if writer:
                     name = _batch_file(c, b)
                     atomic_write(path / name, npz_bytes(out))
                     done.append(name)
@@ -536,14 +583,16 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
     seconds["total"] = time.perf_counter() - start_all
     table = _study_table(design, configurations, results, datasets, batch,
                          batches_per_config)
-    device = jax.devices()[0]
+    device = placement.devices[0]
     info = {
         "settings": settings,
         "device": str(device), "platform": device.platform,
+        **placement_info(placement),
         "seconds": seconds,
         "compilations": {name: p.traces() for name, p in programs.items()},
         "resumed_batches": resumed,
         # lockstep_free=True: leapfrog steps / gradient slots, mean over the batches run
+        # (and over the devices: each runs its own loop)
         "useful_leapfrog_fraction": float(np.mean(fractions)) if fractions else None,
     }
     result = StudyResult(table, [{n: np.asarray(v) for n, v in c.items()}
@@ -737,7 +786,7 @@ def ecdf_test(ranks: np.ndarray, max_rank: int, *, points: int | None = None,
 
 def sbc(model, data=None, *, datasets: int = 100, chains: int = 4, warmup: int = 1000,
         draws: int = 1000, thin: int = 10, seed: int = 0, batch_size: int | None = None,
-        bins: int | None = None, progress: bool = True,
+        bins: int | None = None, progress: bool = True, devices=None,
         _posterior_draws: Callable | None = None) -> SBCResult:
     """Simulation-based calibration of NUTS on ``model`` with the design of ``data``.
 
@@ -768,6 +817,10 @@ def sbc(model, data=None, *, datasets: int = 100, chains: int = 4, warmup: int =
         Chi-square bins (default ``min(20, max(2, datasets // 5), max_rank + 1)``).
     progress : bool
         A tqdm progress bar over batches.
+    devices : None, int or sequence of jax.Device
+        As :func:`study`: each batch split over every local device by default, and over
+        the processes after ``jax.distributed.initialize`` (every process makes the same
+        call and returns the same result).
 
     Returns
     -------
@@ -804,24 +857,37 @@ def sbc(model, data=None, *, datasets: int = 100, chains: int = 4, warmup: int =
                  _build_rank_program(design.noncentered, chains=chains, warmup=warmup,
                                      draws=draws, thin=thin,
                                      posterior_draws=_posterior_draws)))
+    placement = resolve_placement(devices, batch,
+                                  linear_algebra=lambda: _calls_linear_algebra(design))
+    check_same_everywhere(placement, "sbc settings", json.dumps(
+        [model.name, datasets, chains, warmup, draws, thin, seed, batch, bins]))
+    lanes = placement.lanes
+    first_lane = placement.process_index * lanes
+    run = _cached_programs(
+        model, ("sbc", design.centered.signature, chains, warmup, draws, thin,
+                _posterior_draws, placement.devices),
+        lambda: shard_program(program, placement, (True, True, False, True)))
     ranks, truths, divergences = [], [], []
-    seconds = {"simulate": 0.0, "nuts": 0.0}
+    seconds = {"simulate": 0.0, "nuts": 0.0, "gather": 0.0}
     start = time.perf_counter()
-    bar = _progress(-(-datasets // batch), 0, progress, "sbc")
+    bar = _progress(-(-datasets // batch), 0, progress and placement.process_index == 0, "sbc")
     try:
         for first in range(0, datasets, batch):
             count = min(batch, datasets - first)
-            keys = dataset_keys(seed, first, batch)
+            keys = dataset_keys(seed, first + first_lane, lanes)
             sim_keys, _, _, nuts_keys = _split_keys(keys)
             t0 = time.perf_counter()
             observed, truth = jax.block_until_ready(simulate(sim_keys, {}, design.template))
             seconds["simulate"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            r, d = jax.device_get(program(nuts_keys, observed, design.shared, truth))
+            r, d = jax.device_get(run(nuts_keys, observed, design.shared, truth))
             seconds["nuts"] += time.perf_counter() - t0
-            ranks.append(np.asarray(r)[:count])
-            truths.append(np.asarray(truth)[:count])
-            divergences.append(np.asarray(d)[:count])
+            t0 = time.perf_counter()
+            r, t, d = gather_rows(placement, (np.asarray(r), np.asarray(truth), np.asarray(d)))
+            seconds["gather"] += time.perf_counter() - t0
+            ranks.append(r[:count])
+            truths.append(t[:count])
+            divergences.append(d[:count])
             bar.update(1)
     finally:
         bar.close()
@@ -841,13 +907,14 @@ def sbc(model, data=None, *, datasets: int = 100, chains: int = 4, warmup: int =
     ecdf, band = ecdf_test(ranks, max_rank, seed=seed)
     p_value = pd.DataFrame({"parameter": design.parameters, "chi_square": chi, "ecdf": ecdf},
                            index=pd.Index(design.labels, name="element"))
-    device = jax.devices()[0]
+    device = placement.devices[0]
     info = {
         "settings": {"model": model.name, "datasets": datasets, "chains": chains,
                      "warmup": warmup, "draws": draws, "thin": thin, "seed": seed,
                      "batch_size": batch, "bins": bins,
                      "x64": bool(jax.config.jax_enable_x64)},
         "max_rank": max_rank, "device": str(device), "platform": device.platform,
+        **placement_info(placement),
         "seconds": seconds, "compilations": program.traces(),
         "divergences": np.concatenate(divergences),
     }
