@@ -51,7 +51,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hbm  # noqa: E402
-from hbm.batch import REFILL, dataset_keys  # noqa: E402
+from hbm.batch import MIN_LANES, REFILL, dataset_keys  # noqa: E402
 from hbm.inference.engine import (build_chain_program, no_adaptation,  # noqa: E402
                                   schedule_for_chunks, slice_schedule)
 from hbm.inference.settings import KernelSettings  # noqa: E402
@@ -146,7 +146,8 @@ class Programs:
 
         def lockstep_free(keys, ys):
             split, starts, member_ys = members(keys, ys)
-            slots = -(-member_ys.shape[0] // refill)
+            members_count = member_ys.shape[0]
+            slots = max(-(-members_count // refill), min(members_count, MIN_LANES))
             initial = jax.vmap(lambda key4, start, y: program.init(
                 key4[1], start, {**shared, "y": y}, None, None))(split, starts, member_ys)
             result = run_lockstep_free_chains(
@@ -203,7 +204,9 @@ def run_rows(families, sizes, *, chains, warmup, draws, batch, seed, refill):
         for num_datasets in sizes:
             row = {"family": family, "datasets": num_datasets, "chains": chains,
                    "members_per_batch": min(batch, num_datasets) * chains,
-                   "lockstep_free_lanes": -(-min(batch, num_datasets) * chains // refill),
+                   "lockstep_free_lanes": max(-(-min(batch, num_datasets) * chains // refill),
+                                              min(min(batch, num_datasets) * chains,
+                                                  MIN_LANES)),
                    "warmup": warmup, "draws": draws, "d": programs.size}
             results = {}
             for which in ("lockstep", "lockstep_free"):

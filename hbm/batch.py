@@ -55,6 +55,9 @@ __all__ = [
 #: fraction goes from 0.48 with every chain at once (the loop waits for the slowest
 #: chain, whose warmup can take twice the median's gradients) to 0.87.
 REFILL = 4
+#: ... but never fewer lanes than this (or all chains, if fewer): a loop iteration costs
+#: about the same for a few lanes as for one, so a small batch gains nothing from refilling.
+MIN_LANES = 64
 
 
 class ConstrainedLayout(NamedTuple):
@@ -293,10 +296,10 @@ def build_batched_nuts(bound, *, chains: int = 4, warmup: int = 1000, draws: int
     (:func:`hbm.samplers.lockstep_free.run_lockstep_free_chains`) instead of ``vmap``
     over data sets and chains, where each transition waits for the longest tree of the
     batch; same keys, same decisions (to floating-point rounding). With ``refill`` ``k > 1``
-    only ``1/k`` of the batch's chains run at once, and a lane whose chain has made its
-    last transition takes the next chain not yet started: the loop then waits for the
-    slowest chains only once per batch, not once per lane (:data:`REFILL` is a good
-    choice for studies).
+    only ``1/k`` of the batch's chains run at once (but at least :data:`MIN_LANES`), and a
+    lane whose chain has made its last transition takes the next chain not yet started:
+    the loop then waits for the slowest chains only once per batch, not once per lane
+    (:data:`REFILL` is a good choice for studies).
 
     Parameters
     ----------
@@ -386,7 +389,8 @@ def _build_lockstep_free_nuts(bound, *, chains, warmup, draws, max_tree_depth, t
             warmup_keys, draw_keys, initial, logdensity, warmup, draws, flags,
             estimator=estimator, max_tree_depth=settings.max_tree_depth,
             target_accept=settings.target_accept, data=member_data,
-            slots=-(-num_datasets * chains // refill))
+            slots=max(-(-num_datasets * chains // refill),
+                      min(num_datasets * chains, MIN_LANES)))
         values = jax.vmap(lambda xs, member: jax.vmap(
             lambda x: _flat_constrained(bound, x, _merge(shared, member)))(xs))(
             result.positions, member_data)

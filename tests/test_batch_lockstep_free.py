@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import hbm
+from hbm import batch
 from hbm.batch import build_batched_nuts, dataset_keys
 
 MODEL = hbm.Model(
@@ -15,12 +16,14 @@ MODEL = hbm.Model(
 
 
 @pytest.mark.parametrize("refill", [1, 4])
-def test_lockstep_free_batch_follows_the_lockstep_batch(refill):
+def test_lockstep_free_batch_follows_the_lockstep_batch(refill, monkeypatch):
     """Same keys, same decisions: leapfrog counts and divergences equal; summaries and
     step sizes equal to rounding (differences in the last bit of the adaptation's
     arithmetic, compiled in two programs, grow a little; see
     tests/samplers/test_lockstep_free_warmup.py). With ``refill=4`` the 12 chains run on
-    3 lanes, each taking the next chain when its own is done."""
+    3 lanes, each taking the next chain when its own is done (the floor of MIN_LANES
+    lanes is lowered for this small batch)."""
+    monkeypatch.setattr(batch, "MIN_LANES", 1)
     assert jax.config.jax_enable_x64
     y = np.random.default_rng(0).normal(0.5, 1.5, size=(6, 8))
     bound = MODEL.bind({"y": jnp.asarray(y[0])})
