@@ -74,6 +74,12 @@ class Spec:
     params: tuple = field(default_factory=tuple)
     # () -> PyMCModel: the model for nutpie (PyMC is imported only when this is called)
     pymc_model: Callable | None = None
+    # hbm's constrained parameters (one point) -> the peers' parameters, where the peers
+    # write the model another way (radon's non-centered county_z); identity by default
+    to_peer: Callable | None = None
+
+    def peer_params(self, params: dict) -> dict:
+        return dict(params) if self.to_peer is None else self.to_peer(params)
 
 
 @dataclass
@@ -179,11 +185,18 @@ model {
   sigma ~ normal(0, sigma_scale);
   y ~ normal(beta[1] + effect[county, 1] + (beta[2] + effect[county, 2]) .* floor, sigma);
 }
+generated quantities {
+  matrix[J, 2] county_effect = county_z * diag_pre_multiply(sigma_county, L_county)';
+}
 """
 
 
 def radon_spec() -> Spec:
-    """Correlated varying intercepts and floor slopes, non-centered (hbm's default)."""
+    """Correlated varying intercepts and floor slopes. hbm's model is written centered
+    (``county_effect`` a MultivariateNormal node); bound non-centered, its coordinates
+    are the peers' standard-normal ``county_z`` (``county_effect = county_z @ (diag(sigma)
+    L)^T``), so the log densities agree up to a constant on the same flat layout. Draws
+    are compared on ``county_effect``."""
     model, data = hbm.models.radon_varying_intercept_slope()
     y = np.asarray(data["y"], np.float64)
     floor = np.asarray(data["floor"], np.float64)
@@ -195,11 +208,12 @@ def radon_spec() -> Spec:
     beta_scale = np.array([2.5 * sd_y, 2.5 * sd_y / sd_x])
     sc_scale = np.array([sd_y, sd_y / sd_x])
     eta = 2.0
-    bound = model.bind(data)
+    bound = model.bind(data, reparam="noncentered")
     layout = {n.name: slice(n.offset, n.offset + n.size) for n in bound.nodes}
-    assert list(layout) == ["beta", "sigma_county", "L_county", "county_z", "sigma"], layout
+    assert list(layout) == ["beta", "sigma_county", "L_county", "county_effect", "sigma"], \
+        layout
 
-    def constrain(x):
+    def peer_constrain(x):
         z = jnp.tanh(x[..., layout["L_county"]][..., 0])
         cholesky = jnp.stack([
             jnp.stack([jnp.ones_like(z), jnp.zeros_like(z)], -1),
@@ -208,12 +222,28 @@ def radon_spec() -> Spec:
             "beta": x[..., layout["beta"]],
             "sigma_county": jnp.exp(x[..., layout["sigma_county"]]),
             "L_county": cholesky,
-            "county_z": x[..., layout["county_z"]].reshape(x.shape[:-1] + (n_county, 2)),
+            "county_z": x[..., layout["county_effect"]].reshape(x.shape[:-1] + (n_county, 2)),
             "sigma": jnp.exp(x[..., layout["sigma"]][..., 0]),
         }
 
+    def effects(p):
+        tril = p["sigma_county"][..., :, None] * p["L_county"]
+        return jnp.einsum("...jk,...lk->...jl", p["county_z"], tril)
+
+    def constrain(x):
+        p = peer_constrain(x)
+        p["county_effect"] = effects(p)
+        del p["county_z"]
+        return p
+
+    def to_peer(p):
+        tril = np.asarray(p["sigma_county"])[:, None] * np.asarray(p["L_county"])
+        z = np.linalg.solve(tril, np.asarray(p["county_effect"]).T).T
+        return {"beta": p["beta"], "sigma_county": p["sigma_county"],
+                "L_county": p["L_county"], "county_z": z, "sigma": p["sigma"]}
+
     def logdensity(x, d):
-        p = constrain(x)
+        p = peer_constrain(x)
         lp = jnp.sum(_normal_lp(p["beta"], beta_loc, beta_scale))
         lp += jnp.sum(_half_normal_lp(p["sigma_county"], sc_scale)) + jnp.sum(x[layout["sigma_county"]])
         # LKJCholesky(2, eta): (2 eta - 2) log L_11, plus the tanh Jacobian log(1 - z^2)
@@ -223,8 +253,7 @@ def radon_spec() -> Spec:
         lp += (2.0 * eta - 2.0) * 0.5 * log_1mz2 + log_1mz2
         lp += jnp.sum(_normal_lp(p["county_z"], 0.0, 1.0))
         lp += _half_normal_lp(p["sigma"], sd_y) + x[layout["sigma"]][0]
-        effect = p["county_z"] @ (p["sigma_county"][:, None] * p["L_county"]).T
-        per_obs = effect[d["county"]]
+        per_obs = effects(p)[d["county"]]
         mean = p["beta"][0] + per_obs[:, 0] + (p["beta"][1] + per_obs[:, 1]) * d["floor"]
         return lp + jnp.sum(_normal_lp(d["y"], mean, p["sigma"]))
 
@@ -237,16 +266,13 @@ def radon_spec() -> Spec:
         chol = numpyro.sample("L_county", nd.LKJCholesky(2, eta))
         z = numpyro.sample("county_z", nd.Normal(0.0, 1.0).expand([n_county, 2]).to_event(2))
         sigma = numpyro.sample("sigma", nd.HalfNormal(sd_y))
-        effect = z @ (sigma_county[:, None] * chol).T
+        effect = numpyro.deterministic("county_effect", z @ (sigma_county[:, None] * chol).T)
         per_obs = effect[county]
         mean = beta[0] + per_obs[:, 0] + (beta[1] + per_obs[:, 1]) * floor
         numpyro.sample("y", nd.Normal(mean, sigma), obs=y)
 
-    def derived(draws):
-        out = dict(draws)
-        tril = draws["sigma_county"][..., :, None] * draws["L_county"]
-        out["county_effect"] = np.einsum("...jk,...lk->...jl", draws["county_z"], tril)
-        return out
+    def derived(draws):  # county_effect is among the compared parameters already
+        return dict(draws)
 
     def pymc_model():
         # PyMC's LKJ distributions are on a packed covariance Cholesky factor (a different
@@ -280,9 +306,12 @@ def radon_spec() -> Spec:
             one, zero = np.ones_like(r), np.zeros_like(r)
             cholesky = np.stack([np.stack([one, zero], -1),
                                  np.stack([r, np.sqrt(1.0 - r * r)], -1)], -2)
-            return {"beta": draws["beta"], "sigma_county": draws["sigma_county"],
-                    "L_county": cholesky, "county_z": draws["county_z"],
-                    "sigma": draws["sigma"]}
+            out = {"beta": draws["beta"], "sigma_county": draws["sigma_county"],
+                   "L_county": cholesky, "county_z": draws["county_z"],
+                   "sigma": draws["sigma"]}
+            out["county_effect"] = np.asarray(effects(out))
+            del out["county_z"]
+            return out
 
         return PyMCModel(m, to_pymc, from_pymc)
 
@@ -297,8 +326,8 @@ def radon_spec() -> Spec:
         blackjax_logdensity=logdensity, blackjax_constrain=constrain,
         numpyro_model=numpyro_model, numpyro_data=dict(data),
         stan_code=RADON_STAN, stan_data=stan_data, derived=derived,
-        params=("beta", "sigma_county", "L_county", "county_z", "sigma"),
-        pymc_model=pymc_model,
+        params=("beta", "sigma_county", "L_county", "county_effect", "sigma"),
+        pymc_model=pymc_model, to_peer=to_peer,
     )
 
 
@@ -320,6 +349,7 @@ def check_logdensities(spec: Spec, n_points: int = 5, seed: int = 1) -> list[dic
     params = [{k: np.asarray(v) for k, v in bound.constrain(jnp.asarray(x),
                                                          deterministic=False).items()}
               for x in xs]
+    params = [spec.peer_params(p) for p in params]
     rows = []
     data = {k: jnp.asarray(v) for k, v in spec.data.items()}
     bj = np.array([float(spec.blackjax_logdensity(jnp.asarray(x), data)) for x in xs])
@@ -366,7 +396,7 @@ def check_stan_logdensity(spec: Spec, posterior, n_points: int = 5, seed: int = 
     hbm_lp, stan_lp = [], []
     for x in xs:
         hbm_lp.append(float(bound.logdensity(jnp.asarray(x))))
-        p = bound.constrain(jnp.asarray(x), deterministic=False)
+        p = spec.peer_params(bound.constrain(jnp.asarray(x), deterministic=False))
         p = {k: np.asarray(v, np.float64).tolist() for k, v in p.items()}
         u = posterior.unconstrain_pars(p)
         stan_lp.append(float(posterior.log_prob(u, adjust_transform=True)))

@@ -60,6 +60,7 @@ def _write_figures(fit, out: pathlib.Path, prefix: str) -> list[pathlib.Path]:
 
     matplotlib.use("Agg")
     import arviz as az
+    import matplotlib.pyplot as plt
 
     from hbm.diagnostics import arviz_major_version
 
@@ -70,9 +71,13 @@ def _write_figures(fit, out: pathlib.Path, prefix: str) -> list[pathlib.Path]:
     if scalar_vars:
         plot = az.plot_rank(idata, var_names=scalar_vars, **backend)
         written.append(_save_current_figure(plot, out / f"{prefix}_rank.png"))
-    vector_vars = [k for k, v in fit.posterior.items() if v.ndim >= 2][:4]
-    plot = az.plot_forest(idata, var_names=vector_vars, combined=True, **backend)
-    written.append(_save_current_figure(plot, out / f"{prefix}_forest.png"))
+    from hbm import plots
+
+    # population parameters and scales beside the group effects as a caterpillar plot
+    path = out / f"{prefix}_forest.png"
+    plots.forest(fit, path=str(path))
+    plt.close("all")
+    written.append(path)
     return written
 
 
@@ -121,17 +126,15 @@ def _demo(args) -> int:
     approx = hbm.advi(model, data, method="fullrank", seed=args.seed, progress=False)
     print(f"ADVI (full-rank): {approx.info['num_steps']} steps, Pareto k-hat "
           f"{approx.info['khat']:.2f}\n")
-    # the library samples the county effects non-centered (county_z); the classical MAP is
-    # a property of the model's own parameters, so it is taken in the centered model,
-    # whose parameters the non-centered fit also reports
-    centered_model, _ = hbm.models.radon_varying_intercept_slope(centered=True)
-    report = hbm.map_vs_mean(centered_model, data, fit=fit, seed=args.seed)
+    # the model is written centered (county_effect is a MultivariateNormal node): the
+    # classical MAP is the mode of the model as written, whatever parameterization NUTS used
+    report = hbm.map_vs_mean(model, data, fit=fit, seed=args.seed)
     advi_means = {}
     for name, draws in approx.posterior.items():
         mean = draws.reshape(-1, *draws.shape[2:]).mean(0)
         for idx in np.ndindex(mean.shape):
             advi_means[(name, idx)] = float(mean[idx])
-    shown = report[[not str(i).split("[")[0].endswith(("_effect", "_z")) for i in report.index]]
+    shown = report[[not str(i).split("[")[0].endswith("_effect") for i in report.index]]
     columns = [c for c in ("map", "mode_jacobian", "mean", "sd", "std_distance", "collapsed",
                            "outside_90") if c in shown.columns]
     print("MAP beside the NUTS posterior (population-level parameters):")

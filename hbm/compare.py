@@ -18,10 +18,13 @@ Which parameters are group scales
 ---------------------------------
 A parameter is a *group scale* when its support is positive and either
 
-1. it enters the scale of a hierarchical location-scale prior node (``bound.nodes`` with
-   ``locscale=True``): the derivative of that node's ``standardized().scale`` with respect
-   to the parameter, taken by autodiff at the posterior median, is non-zero; this finds
-   ``tau`` in ``theta ~ Normal(mu, tau)`` whatever its name; or
+1. it enters the scale of a hierarchical prior node (``bound.nodes`` with
+   ``locscale=True``): the derivative of that node's scale (:func:`hbm.reparam.node_scale`:
+   a location-scale family's ``standardized().scale``, a multivariate normal's marginal
+   sds) with respect to the parameter, taken by autodiff at the posterior median, is
+   non-zero; this finds ``tau`` in ``theta ~ Normal(mu, tau)`` and ``sigma_county`` in
+   ``county_effect ~ MultivariateNormal(0, scale_tril=diag(sigma_county) L)`` whatever
+   their names; or
 2. :func:`hbm.find_map` reported its mode on the boundary of the parameter space (this
    also catches scales of group effects written non-centered by hand, which no prior node
    shows).
@@ -59,7 +62,7 @@ __all__ = ["map_vs_mean", "hierarchical_scales", "group_scale_parameters", "COLL
 COLLAPSE_RATIO = 1e-3
 
 _COLUMNS = ["map", "mode_jacobian", "mean", "median", "sd", "std_distance", "q05", "q95",
-            "group_scale", "boundary", "collapsed", "outside_90"]
+            "group_scale", "boundary", "collapsed", "outside_90", "group_effect"]
 
 
 def _is_positive(support) -> bool:
@@ -68,8 +71,8 @@ def _is_positive(support) -> bool:
 
 
 def hierarchical_scales(bound, params: dict) -> dict[str, set[str]]:
-    """For each hierarchical location-scale node, the positive parameters its scale
-    depends on (by autodiff of ``standardized().scale`` at ``params``).
+    """For each hierarchical node, the positive parameters its scale depends on (by
+    autodiff of :func:`hbm.reparam.node_scale` at ``params``).
 
     Parameters
     ----------
@@ -83,6 +86,7 @@ def hierarchical_scales(bound, params: dict) -> dict[str, set[str]]:
     dict node name -> set of parameter names (nodes without such a scale are left out).
     """
     from hbm.model import _Data, _node_fn
+    from hbm.reparam import node_scale
 
     model = bound.model
     if not model.can_simulate:
@@ -104,7 +108,7 @@ def hierarchical_scales(bound, params: dict) -> dict[str, set[str]]:
         def total_scale(cands, node_fn=node_fn, earlier=earlier):
             p = dict(earlier)
             p.update(cands)
-            return jnp.sum(node_fn(p, data).standardized().scale)
+            return jnp.sum(node_scale(node_fn(p, data)))
 
         grads = jax.grad(total_scale)(candidates)
         depends = {k for k, g in grads.items() if bool(jnp.any(g != 0))}
@@ -139,8 +143,8 @@ def _limit_map(model, data, collapsed: set[str], scales_of: dict, seed: int, res
     bound = model.bind(data, reparam=reparam)
     covered = set().union(*scales_of.values()) if scales_of else set()
     if not collapsed <= covered:
-        # a collapsed scale of a node that is not a univariate location-scale family
-        # (e.g. a multivariate normal): the limit cannot be written; keep find_map's point
+        # a collapsed scale of a node that is not hierarchical: the limit cannot be
+        # written; keep find_map's point
         return None
     fixed = []
     for node in bound.nodes:
@@ -225,7 +229,8 @@ def map_vs_mean(model, data=None, *, fit=None, seed: int = 0, restarts: int = 4,
         ``median``, ``sd``, ``std_distance`` (``(map - mean) / sd``), ``q05``, ``q95``,
         ``group_scale``, ``boundary`` (find_map put this element's mode on the boundary),
         ``collapsed`` (see the module docstring) and ``outside_90`` (MAP outside
-        ``[q05, q95]``). ``attrs`` holds ``"fit"``, ``"map"`` and ``"mode_jacobian"``
+        ``[q05, q95]``), ``group_effect`` (an element of a hierarchical node: a group
+        effect, univariate or multivariate). ``attrs`` holds ``"fit"``, ``"map"`` and ``"mode_jacobian"``
         (the three :class:`~hbm.results.Fit` objects) and ``"group_scales"``.
     """
     import pandas as pd
@@ -286,13 +291,13 @@ def map_vs_mean(model, data=None, *, fit=None, seed: int = 0, restarts: int = 4,
         collapsed = is_scale & ((mode < COLLAPSE_RATIO * median) | (on_boundary & (mode < q05)))
         outside = (mode < q05) | (mode > q95)
         columns = (mode, mode_jac, mean, median, sd, distance, q05, q95, is_scale,
-                   on_boundary, collapsed, outside)
+                   on_boundary, collapsed, outside, np.full(mode.shape, node.locscale))
         labels.extend(element_labels(name, tuple(shapes[name]), model.dims.get(name),
                                      model.coords))
         for values in zip(*(np.ravel(c) for c in columns)):
             rows.append(values)
     report = pd.DataFrame(rows, index=pd.Index(labels, name="parameter"), columns=_COLUMNS)
-    for column in ("group_scale", "boundary", "collapsed", "outside_90"):
+    for column in ("group_scale", "boundary", "collapsed", "outside_90", "group_effect"):
         report[column] = report[column].astype(bool)
     report.attrs.update(fit=fit, map=map_fit, mode_jacobian=jac_fit, map_params=map_params,
                         map_is_limit=limit is not None,

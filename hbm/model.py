@@ -24,6 +24,14 @@ Reparameterisation of Probabilistic Programs". The density of ``x`` is
 ``base.log_prob((x - w loc) / scale**w) - w log(scale)``, an exact change of variables, so
 every choice gives the same posterior over the model's own parameters, which is what is
 always reported.
+
+A MultivariateNormal node whose location or Cholesky factor depends on other parameters
+(correlated group effects ``theta_j ~ MultivariateNormal(loc, scale_tril=diag(sigma) L)``,
+one row per group) is a hierarchical node too: non-centered it samples ``z`` with
+``theta_j = loc_j + L_j z_j`` (log-Jacobian ``sum log diag L_j`` per row), centered it
+samples ``theta`` itself, and partially centered it applies the weights element by element
+along the sequential (Cholesky) form of the multivariate normal; see :mod:`hbm.reparam`
+for the exact change of variables.
 """
 
 from __future__ import annotations
@@ -36,7 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from hbm import constraints
+from hbm import reparam as reparam_lib
 from hbm.dist.base import Distribution
+from hbm.dist.multivariate import MultivariateNormal
 from hbm.errors import DataError, HbmError, InitializationError, ModelError, ModelTypeError
 from hbm.transforms import biject_to
 
@@ -199,6 +209,10 @@ def _call_user(fn, params, data, where):
     valid parameter values becomes a ModelError naming the culprit."""
     try:
         return fn(params, data)
+    except ModelError as e:
+        if where in str(e):
+            raise
+        raise ModelError(f"{where}: {e}") from e  # e.g. a distribution's own shape check
     except HbmError:
         raise
     except Exception as e:  # noqa: BLE001 - re-raised with the culprit named
@@ -507,8 +521,27 @@ class Node(NamedTuple):
     offset: int  # position in the flat vector
     support: Any
     transform: Any
-    locscale: bool  # a hierarchical location-scale node (can be reparameterized)
+    locscale: bool  # a hierarchical node (can be reparameterized)
     mode: str  # "centered", "noncentered" or "partial" (weights given at run time)
+    multivariate: bool = False  # the hierarchical node is a MultivariateNormal
+
+
+#: The centering weight of a multivariate node's fixed modes.
+_MVN_WEIGHT = {"centered": 1.0, "noncentered": 0.0}
+
+
+def _mvn_node(d, x, node: Node, weights):
+    """(log density of the sampled coordinates ``x``, the model's value) of a hierarchical
+    MultivariateNormal node (see :func:`hbm.reparam.mvn_from_coordinates`)."""
+    loc = jnp.broadcast_to(d.loc, node.shape)
+    if node.mode == "noncentered":  # theta = loc + L z, z standard normal
+        value = loc + jnp.einsum("...ij,...j->...i", d.scale_tril, x)
+        return jnp.sum(-0.5 * x**2) - 0.5 * x.size * math.log(2 * math.pi), value
+    w = weights[node.name] if node.mode == "partial" else 1.0
+    value, log_density = reparam_lib.mvn_from_coordinates(x, loc, d.scale_tril, w)
+    if node.mode == "centered":
+        value = x  # exactly, not through the round trip
+    return jnp.sum(log_density), jnp.broadcast_to(value, node.shape)
 
 
 def _node_fn(node) -> Callable:
@@ -742,9 +775,10 @@ class BoundModel:
                 )
             _check_args(d, where)
             shape = tuple(d.shape)
-            std = d.standardized() if callable(node) and not isinstance(node, Distribution) \
-                else None
-            locscale = std is not None
+            function_node = callable(node) and not isinstance(node, Distribution)
+            std = d.standardized() if function_node else None
+            multivariate = function_node and isinstance(d, MultivariateNormal)
+            locscale = std is not None or multivariate
             choice = per_node.get(name, default)
             if locscale:
                 if isinstance(choice, str):
@@ -767,18 +801,22 @@ class BoundModel:
                 ushape = shape
             else:
                 if name in per_node and not isinstance(per_node[name], str):
-                    raise ModelError(f"'{name}' is not a hierarchical location-scale node; "
-                                     "it cannot take centering weights")
+                    raise ModelError(f"'{name}' is not a hierarchical node (a location-scale "
+                                     "family or a MultivariateNormal whose parameters depend "
+                                     "on other parameters); it cannot take centering weights")
                 mode = "centered"
                 transform = biject_to(d.support)
                 ushape = tuple(transform.inverse_shape(shape))
             size = int(math.prod(ushape))
             self.nodes.append(Node(name, shape, ushape, size, offset, d.support, transform,
-                                   locscale, mode))
+                                   locscale, mode, multivariate))
             offset += size
             self.size = offset
             # a valid value for the nodes below: the centre of the unconstrained space
-            if locscale:
+            if multivariate:
+                self._links[name] = "identity"
+                p[name] = jnp.broadcast_to(d.loc, shape)
+            elif locscale:
                 self._links[name] = std.link
                 value = std.loc + std.scale * jnp.zeros(shape)
                 p[name] = jnp.exp(value) if std.link == "exp" else jnp.broadcast_to(value, shape)
@@ -931,7 +969,9 @@ class BoundModel:
             node = model.prior[n.name]
             d = _node_fn(node)(p, dview)
             un = u[n.name]
-            if not n.locscale or n.mode == "centered":
+            if n.multivariate:
+                lp_n, value = _mvn_node(d, un, n, weights)
+            elif not n.locscale or n.mode == "centered":
                 if n.locscale:  # centered location-scale: no transform beyond the link
                     std = d.standardized()
                     value = jnp.exp(un) if std.link == "exp" else un
@@ -1014,6 +1054,12 @@ class BoundModel:
                                  f"{n.shape}")
             if not self.model.can_simulate:
                 u = n.transform.inverse(value)
+            elif n.multivariate:
+                p.node = n.name
+                d = _node_fn(self.model.prior[n.name])(p, dview)
+                w = _MVN_WEIGHT.get(n.mode)
+                u = value if n.mode == "centered" else reparam_lib.mvn_to_coordinates(
+                    value, d.loc, d.scale_tril, weights[n.name] if w is None else w)
             elif n.locscale:
                 p.node = n.name
                 std = _node_fn(self.model.prior[n.name])(p, dview).standardized()

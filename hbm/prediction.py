@@ -34,7 +34,8 @@ In new data a grouping key holds, for every observation, either
   evaluated with that draw's parameters (and the fit's data), which gives the
   distribution of one group's entry (for example ``Normal(0, sigma_county)``, or a
   ``MultivariateNormal`` for correlated intercepts and slopes, or the standard normal of
-  a non-centered ``county_z`` that a deterministic maps to the effects), and one entry
+  a hand-written non-centered ``theta_z`` that a deterministic maps to the effects), and
+  one entry
   per new group is drawn from it. Observations of the same new group share that entry.
 - ``"mean"``: the population location of that distribution (its ``loc`` for the
   location-scale families, else its mean): the prediction for an "average" new group.

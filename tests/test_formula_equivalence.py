@@ -5,8 +5,8 @@ For each pair, the formula model is built with the library model's priors (given
 unconstrained space (uniform in (-2, 2)) are constrained, mapped to the formula model's layout (``beta`` -> ``b``,
 ``sigma_<g>`` -> ``sd_<g>``, ``<g>_effect`` -> ``r_<g>``, ...), and both models' log
 densities are evaluated on the unconstrained scale, both *centered* (the library's
-correlated models are compared in their ``centered=True`` variant, which has the same
-parameters as the formula model, so no change of variables is needed). With the same
+correlated models are MultivariateNormal nodes with the same parameters as the formula
+model, so no change of variables is needed). With the same
 priors and likelihood the two log densities agree exactly (float64), Jacobians included.
 """
 
@@ -46,7 +46,7 @@ def _compare(lib_model, lib_data, f_model, f_data, to_formula, draws=4, seed=0):
 
 def test_sleepstudy_correlated_intercepts_and_slopes():
     df = hbm.datasets.load("sleepstudy")
-    lib_model, lib_data = sleepstudy(df, centered=True)
+    lib_model, lib_data = sleepstudy(df)
     sd_y = _sd(df["Reaction"])
     model, data = hbm.formula("Reaction ~ Days + (Days | Subject)", df, priors={
         "sd_Subject": dist.HalfNormal(np.array([sd_y, sd_y / _sd(df["Days"])])),
@@ -112,7 +112,7 @@ def test_radon(which):
         lib = radon.radon_varying_intercept(df)
         f = "log.radon ~ basement + (1 | county)"
     elif which == "intercept_slope":
-        lib = radon.radon_varying_intercept_slope(df, centered=True)
+        lib = radon.radon_varying_intercept_slope(df)
         f = "log.radon ~ basement + (basement | county)"
     else:  # a county-level covariate in the population part
         lib = radon.radon_uranium(df)

@@ -18,8 +18,8 @@ centered node ``r_<g> ~ Normal(0, sd_<g>)`` of shape (levels, terms), which hbm'
 automatic reparameterization handles. A correlated block ``(1 + x | g)`` is the centered
 node ``r_<g> ~ MultivariateNormal(0, scale_tril = diag(sd_<g>) L_<g>)`` per level: the
 Model API expresses such a node directly (its scale depends on earlier parameters), so
-no non-centered rewrite is done here; note that hbm's automatic reparameterization
-covers univariate location-scale nodes only, so this node is sampled centered.
+no non-centered rewrite is done here: the model layer reparameterizes both kinds of
+node (centered, non-centered or partially centered, :mod:`hbm.reparam`).
 
 The linear predictor is ``eta = X b + sum_g sum_k r_g[code_g, k] Z_g[:, k] + offset``,
 from integer group codes and per-observation predictor columns (never a one-hot matrix).

@@ -9,6 +9,8 @@ and Goodrich, "Prior distributions for rstanarm models", rstanarm vignette).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -128,25 +130,33 @@ def lkj_scale_tril(sigma, cholesky_corr):
     return sigma[..., :, None] * cholesky_corr
 
 
-def correlated_effects(prior, group, n_group, n_term, centered):
+def correlated_effects(prior, group, n_group, n_term):
     """Adds correlated effects of ``group`` to ``prior``; returns ``fn(p, d) -> effects``.
 
-    Needs ``sigma_<group>`` (n_term,) and ``L_<group>`` (n_term, n_term) in ``prior``.
-    Centered: ``<group>_effect ~ MultivariateNormal(0, scale_tril=diag(sigma) L)``, one
-    row per group. Non-centered: ``<group>_z ~ Normal(0, 1)`` of shape (n_group, n_term)
-    and ``effects = z @ (diag(sigma) L)^T``, the same distribution.
+    Needs ``sigma_<group>`` (n_term,) and ``L_<group>`` (n_term, n_term) in ``prior``;
+    adds the centered node ``<group>_effect ~ MultivariateNormal(0, scale_tril=diag(sigma)
+    L)``, one row per group, as a textbook writes it. The model layer samples it centered,
+    non-centered or partially centered (``reparam=``, :mod:`hbm.reparam`).
     """
     sigma_name, chol_name = f"sigma_{group}", f"L_{group}"
-    effect_name, z_name = f"{group}_effect", f"{group}_z"
-    if centered:
-        prior[effect_name] = lambda p, d: dist.MultivariateNormal(
-            np.zeros(n_term), scale_tril=lkj_scale_tril(p[sigma_name], p[chol_name])
-        ).expand((n_group,))
-        return lambda p, d: p[effect_name]
-    prior[z_name] = dist.Normal(0.0, 1.0).expand((n_group, n_term))
+    effect_name = f"{group}_effect"
+    prior[effect_name] = lambda p, d: dist.MultivariateNormal(
+        np.zeros(n_term), scale_tril=lkj_scale_tril(p[sigma_name], p[chol_name])
+    ).expand((n_group,))
+    return lambda p, d: p[effect_name]
 
-    def effects(p, d):
-        tril = lkj_scale_tril(p[sigma_name], p[chol_name])
-        return p[z_name] @ tril.T
 
-    return effects
+def deprecated_centered(function: str, centered) -> None:
+    """Warn that ``centered=`` of a library model no longer changes the model.
+
+    The correlated-effects models are written centered (a MultivariateNormal node) and
+    the model layer chooses how to sample them (``hbm.sample(..., reparam=...)``), so the
+    hand-written non-centered variant (``<group>_z``) is gone.
+    """
+    if centered is None:
+        return
+    warnings.warn(
+        f"{function}(centered=...) is deprecated and ignored: the model is always written "
+        "centered (a MultivariateNormal node) and hbm chooses its parameterization; pass "
+        "reparam='centered', 'noncentered' or 'auto' (the default) to hbm.sample instead",
+        DeprecationWarning, stacklevel=3)

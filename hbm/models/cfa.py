@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from hbm import dist
-from hbm.models._common import build, frame, numeric, positive_float
+from hbm.models._common import build, deprecated_centered, frame, numeric, positive_float
 
 #: lavaan's x1..x9 in the sem::HS.data names.
 TESTS = (
@@ -26,7 +26,7 @@ FACTORS = ("visual", "textual", "speed")
 TEST_FACTOR = (0, 0, 0, 1, 1, 1, 2, 2, 2)
 
 
-def holzinger_swineford(df=None, *, centered: bool = False, lkj_concentration=2.0):
+def holzinger_swineford(df=None, *, centered=None, lkj_concentration=2.0):
     """Three correlated factors measured by nine standardized tests.
 
     .. math::
@@ -44,10 +44,10 @@ def holzinger_swineford(df=None, *, centered: bool = False, lkj_concentration=2.
     ----------
     df : pandas.DataFrame, optional
         Columns named as :data:`TESTS`; the bundled ``holzinger_swineford`` when None.
-    centered : bool
-        ``False`` (default): standard-normal ``factor_z`` (person, factor) and the
-        deterministic ``factor_score = factor_z @ L^T``; ``True``: ``factor_score`` is a
-        MultivariateNormal node.
+    centered : None
+        Deprecated and ignored (a DeprecationWarning): ``factor_score`` is always the
+        MultivariateNormal node above, and ``hbm.sample(..., reparam=...)`` chooses how
+        it is sampled.
 
     Returns
     -------
@@ -55,6 +55,7 @@ def holzinger_swineford(df=None, *, centered: bool = False, lkj_concentration=2.
         Data ``{"x" (person, test), "factor" (test,)}``; parameters ``nu``, ``loading``,
         ``sigma`` (test,), ``L_factor`` (3, 3), ``factor_score`` (person, factor).
     """
+    deprecated_centered("holzinger_swineford", centered)
     df = frame(df, "holzinger_swineford", list(TESTS))
     raw = np.column_stack([numeric(df, t) for t in TESTS])
     sd = raw.std(axis=0, ddof=1)
@@ -71,20 +72,15 @@ def holzinger_swineford(df=None, *, centered: bool = False, lkj_concentration=2.
             n_factor, positive_float("lkj_concentration", lkj_concentration)
         ),
     }
-    if centered:
-        prior["factor_score"] = lambda p, d: dist.MultivariateNormal(
-            np.zeros(n_factor), scale_tril=p["L_factor"]
-        ).expand((n_person,))
-    else:
-        prior["factor_z"] = dist.Normal(0.0, 1.0).expand((n_person, n_factor))
+    prior["factor_score"] = lambda p, d: dist.MultivariateNormal(
+        np.zeros(n_factor), scale_tril=p["L_factor"]
+    ).expand((n_person,))
 
     def likelihood(p, d):
-        scores = _scores(p, d)[:, d["factor"]]
+        scores = p["factor_score"][:, d["factor"]]
         return {"x": dist.Normal(p["nu"] + p["loading"] * scores, p["sigma"])}
 
     deterministic = {"factor_corr": lambda p, d: p["L_factor"] @ p["L_factor"].T}
-    if not centered:
-        deterministic["factor_score"] = _scores
     model = build(
         prior=prior,
         likelihood=likelihood,
@@ -93,15 +89,8 @@ def holzinger_swineford(df=None, *, centered: bool = False, lkj_concentration=2.
             "loading": ("test",),
             "sigma": ("test",),
             "factor_score": ("person", "factor"),
-            "factor_z": ("person", "factor"),
         },
         coords={"test": list(TESTS), "factor": list(FACTORS), "person": list(range(n_person))},
         deterministic=deterministic,
     )
     return model, data
-
-
-def _scores(p, d):
-    if "factor_score" in p:
-        return p["factor_score"]
-    return p["factor_z"] @ p["L_factor"].T

@@ -14,11 +14,10 @@ and Goodrich, "Prior distributions for rstanarm models"): ``beta[0] ~ Normal(mea
 Normal(0, 2.5 sd(y) / sd(x_k))``; ``sigma`` and every group-level sd ``~ HalfNormal(sd(y))``;
 ``L_county ~ LKJCholesky(2, 2)``.
 
-The correlated varying intercept and slope model is written non-centered by default
-(standard-normal ``county_z`` and the deterministic ``county_effect = county_z @
-(diag(sigma_county) L_county)^T``), because the model layer reparameterizes univariate
-location-scale nodes only; ``centered=True`` writes ``county_effect`` as a
-MultivariateNormal node instead.
+Every model is written centered, as Gelman and Hill write it: the correlated varying
+intercept and slope model has the MultivariateNormal node ``county_effect``. How the
+group effects are sampled (centered, non-centered, or partially centered per element,
+chosen in warmup) is the model layer's business (:mod:`hbm.reparam`).
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from hbm.models._common import (
     frame,
     group_codes,
     correlated_effects,
+    deprecated_centered,
     numeric,
     population_prior,
     positive_float,
@@ -197,7 +197,7 @@ def radon_varying_slope(df=None):
     return model, data
 
 
-def radon_varying_intercept_slope(df=None, *, centered: bool = False, lkj_concentration=2.0):
+def radon_varying_intercept_slope(df=None, *, centered=None, lkj_concentration=2.0):
     """Correlated county intercepts and floor slopes (Gelman and Hill sec. 13.1).
 
     .. math::
@@ -209,10 +209,11 @@ def radon_varying_intercept_slope(df=None, *, centered: bool = False, lkj_concen
             + (\\beta_1 + \\eta_{j[i],1}) x_i, \\sigma).
 
     Parameters: ``beta`` (2), ``sigma_county`` (2), ``L_county`` (2, 2),
-    ``county_effect`` (county, 2) (deterministic from ``county_z`` unless
-    ``centered=True``), ``sigma``. ``sigma_county[1]`` has prior scale
-    ``sd(y) / sd(x)``.
+    ``county_effect`` (county, 2), ``sigma``. ``sigma_county[1]`` has prior scale
+    ``sd(y) / sd(x)``. ``centered`` is deprecated and ignored (a DeprecationWarning):
+    ``hbm.sample(..., reparam=...)`` chooses the parameterization.
     """
+    deprecated_centered("radon_varying_intercept_slope", centered)
     _, data, coords = _radon_data(df)
     y, floor = data["y"], data["floor"]
     n_county = len(coords["county"])
@@ -224,7 +225,7 @@ def radon_varying_intercept_slope(df=None, *, centered: bool = False, lkj_concen
         "sigma_county": dist.HalfNormal(np.array([sd_y, sd_y / scale(floor)])),
         "L_county": dist.LKJCholesky(2, eta),
     }
-    effects = correlated_effects(prior, "county", n_county, 2, centered)
+    effects = correlated_effects(prior, "county", n_county, 2)
     prior["sigma"] = dist.HalfNormal(sd_y)
     model = build(
         prior=prior,
@@ -235,10 +236,8 @@ def radon_varying_intercept_slope(df=None, *, centered: bool = False, lkj_concen
             "beta": ("term",),
             "sigma_county": ("term",),
             "county_effect": ("county", "term"),
-            "county_z": ("county", "term"),
         },
         coords={"term": ["intercept", "floor"], "county": coords["county"]},
-        deterministic=None if centered else {"county_effect": effects},
     )
     return model, data
 

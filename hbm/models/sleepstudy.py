@@ -18,12 +18,13 @@ from hbm.models._common import (
     group_codes,
     numeric,
     population_prior,
+    deprecated_centered,
     positive_float,
     scale,
 )
 
 
-def sleepstudy(df=None, *, centered: bool = False, lkj_concentration=2.0):
+def sleepstudy(df=None, *, centered=None, lkj_concentration=2.0):
     """Reaction time with correlated subject intercepts and slopes in ``Days``.
 
     .. math::
@@ -42,9 +43,10 @@ def sleepstudy(df=None, *, centered: bool = False, lkj_concentration=2.0):
     ----------
     df : pandas.DataFrame, optional
         Columns ``Reaction``, ``Days``, ``Subject``; the bundled data when ``None``.
-    centered : bool
-        ``False`` (default): standard-normal ``subject_z`` and the deterministic
-        ``subject_effect``; ``True``: ``subject_effect`` is a MultivariateNormal node.
+    centered : None
+        Deprecated and ignored (a DeprecationWarning): ``subject_effect`` is always the
+        MultivariateNormal node above, and ``hbm.sample(..., reparam=...)`` chooses
+        whether it is sampled centered, non-centered or partially centered.
     lkj_concentration : float
         The LKJ shape ``nu``.
 
@@ -54,6 +56,7 @@ def sleepstudy(df=None, *, centered: bool = False, lkj_concentration=2.0):
         Data ``{"y", "days", "subject"}``; parameters ``beta`` (2), ``sigma_subject``
         (2), ``L_subject`` (2, 2), ``subject_effect`` (subject, 2), ``sigma``.
     """
+    deprecated_centered("sleepstudy", centered)
     df = frame(df, "sleepstudy", ["Reaction", "Days", "Subject"])
     y = numeric(df, "Reaction")
     days = numeric(df, "Days")
@@ -66,7 +69,7 @@ def sleepstudy(df=None, *, centered: bool = False, lkj_concentration=2.0):
         "sigma_subject": dist.HalfNormal(np.array([sd_y, sd_y / scale(days)])),
         "L_subject": dist.LKJCholesky(2, positive_float("lkj_concentration", lkj_concentration)),
     }
-    effects = correlated_effects(prior, "subject", len(labels), 2, centered)
+    effects = correlated_effects(prior, "subject", len(labels), 2)
     prior["sigma"] = dist.HalfNormal(sd_y)
 
     def likelihood(p, d):
@@ -81,9 +84,7 @@ def sleepstudy(df=None, *, centered: bool = False, lkj_concentration=2.0):
             "beta": ("term",),
             "sigma_subject": ("term",),
             "subject_effect": ("subject", "term"),
-            "subject_z": ("subject", "term"),
         },
         coords={"term": ["intercept", "days"], "subject": labels},
-        deterministic=None if centered else {"subject_effect": effects},
     )
     return model, data

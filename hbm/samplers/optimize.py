@@ -302,7 +302,11 @@ def boundary_report(
     * unbounded growth (needs ``logdensity_fn``): ``probe_iters`` more L-BFGS
       iterations from the position raise the log density by more than ``min_gain``
       while the gradient norm stays above ``sqrt(tol)`` of a converged run (1e-4);
-      the coordinates reported are those that moved by more than 1 during the probe.
+      the coordinates reported are those that moved by more than 1 during the probe, or,
+      when none did (the growth comes from steep directions near a collapsed scale, e.g.
+      group effects of a centered hierarchy shrinking with their scale near 0), those
+      already beyond ``threshold / 2`` in a direction that reaches an edge of the
+      support.
 
     Parameters
     ----------
@@ -360,6 +364,10 @@ def boundary_report(
             # without bound in the interior directions, and those are what is reported
             at_edge = np.array([int(i) for i in moved if toward_edge(i, step[i])], dtype=int)
             moved = at_edge if at_edge.size else moved
+            if not moved.size:
+                moved = np.array([int(i) for i in np.flatnonzero(np.abs(position) >
+                                                                 threshold / 2)
+                                  if toward_edge(i, position[i])], dtype=int)
             indices.update(int(i) for i in moved)
             reasons.append(
                 f"the log density looks unbounded: {probe_iters} more iterations raised "

@@ -13,11 +13,10 @@ from hbm import models
 from hbm.errors import ConfigurationError, DataError
 
 # name, options: every model once, and the alternative parameterizations / families
-# (sleepstudy's centered form shares its code with radon_varying_intercept_slope's)
+# (the correlated-effects models are written centered only; their parameterization is the
+# model layer's reparam=)
 CASES = [(name, {}) for name in models.MODELS] + [
     ("eight_schools", {"centered": False}),
-    ("radon_varying_intercept_slope", {"centered": True}),
-    ("holzinger_swineford", {"centered": True}),
     ("epil", {"family": "negbinomial"}),
 ]
 
@@ -33,15 +32,12 @@ SHAPES = {
     ("radon_varying_slope", ()): {"beta": (2,), "sigma_county": (), "county_effect": (85,),
                                   "sigma": ()},
     ("radon_varying_intercept_slope", ()): {"beta": (2,), "sigma_county": (2,),
-                                            "L_county": (2, 2), "county_z": (85, 2),
-                                            "county_effect": (85, 2), "sigma": ()},
-    ("radon_varying_intercept_slope", (("centered", True),)): {
-        "beta": (2,), "sigma_county": (2,), "L_county": (2, 2), "county_effect": (85, 2),
-        "sigma": ()},
+                                            "L_county": (2, 2), "county_effect": (85, 2),
+                                            "sigma": ()},
     ("radon_uranium", ()): {"beta": (3,), "sigma_county": (), "county_effect": (85,),
                             "sigma": ()},
     ("sleepstudy", ()): {"beta": (2,), "sigma_subject": (2,), "L_subject": (2, 2),
-                         "subject_z": (18, 2), "subject_effect": (18, 2), "sigma": ()},
+                         "subject_effect": (18, 2), "sigma": ()},
     ("cbpp", ()): {"beta": (4,), "sigma_herd": (), "herd_effect": (15,)},
     ("epil", ()): {"beta": (6,), "sigma_subject": (), "subject_effect": (59,),
                    "sigma_obs": (), "obs_effect": (236,)},
@@ -56,11 +52,8 @@ SHAPES = {
     ("measurement_error", ()): {"mu_x": (), "sigma_x": (), "x_true": (100,), "beta": (2,),
                                 "sigma": ()},
     ("holzinger_swineford", ()): {"nu": (9,), "loading": (9,), "sigma": (9,),
-                                  "L_factor": (3, 3), "factor_z": (301, 3),
-                                  "factor_score": (301, 3), "factor_corr": (3, 3)},
-    ("holzinger_swineford", (("centered", True),)): {
-        "nu": (9,), "loading": (9,), "sigma": (9,), "L_factor": (3, 3),
-        "factor_score": (301, 3), "factor_corr": (3, 3)},
+                                  "L_factor": (3, 3), "factor_score": (301, 3),
+                                  "factor_corr": (3, 3)},
     ("insteval", ()): {"beta": (2,), "sigma_s": (), "s_effect": (2972,), "sigma_d": (),
                        "d_effect": (1128,), "sigma_dept": (), "dept_effect": (14,),
                        "sigma": ()},
@@ -186,5 +179,17 @@ def test_holzinger_swineford_standardizes_tests_and_reports_correlation():
     np.testing.assert_allclose(np.diag(corr), 1.0, rtol=1e-12)
     np.testing.assert_allclose(corr, corr.T, rtol=1e-12)
     assert np.all(np.asarray(p["loading"]) > 0)
-    np.testing.assert_allclose(p["factor_score"], p["factor_z"] @ np.asarray(p["L_factor"]).T,
+    # bound non-centered (the default): the sampled coordinates z give scores z @ L^T
+    z = np.asarray(bound.unravel(x)["factor_score"])
+    np.testing.assert_allclose(p["factor_score"], z @ np.asarray(p["L_factor"]).T,
                                rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["radon_varying_intercept_slope", "sleepstudy",
+                                  "holzinger_swineford"])
+def test_centered_option_is_deprecated_and_the_model_is_centered(name):
+    with pytest.warns(DeprecationWarning, match="reparam"):
+        model, _ = models.MODELS[name](centered=False)
+    plain, _ = models.MODELS[name]()
+    assert model.param_names == plain.param_names
+    assert not any(k.endswith("_z") for k in model.param_names)
