@@ -183,10 +183,16 @@ class DiagGradState(NamedTuple):
     grads: WelfordState
 
 
-def _diag_from_variances(draw_variance, grad_variance, count):
+def _diag_from_variances(draw_variance, grad_variance, count, shrink=True):
     ratio = jnp.sqrt(draw_variance / grad_variance)
     ratio = jnp.clip(ratio, _RATIO_LOWER, _RATIO_UPPER)
     usable = jnp.isfinite(ratio) & (draw_variance > 0) & (grad_variance > 0) & (count >= 2)
+    # Stan's shrinkage of a windowed estimate towards 1e-3 (the "diag" metric's): a chain
+    # that barely moved in one coordinate during a short window must not get a near-zero
+    # inverse mass there, whose tiny steps would keep it from moving (a stuck chain)
+    if shrink:
+        n = jnp.asarray(count, ratio.dtype)
+        ratio = (n / (n + 5.0)) * ratio + 1e-3 * (5.0 / (n + 5.0))
     return jnp.where(usable, ratio, jnp.ones_like(ratio))
 
 
@@ -197,7 +203,12 @@ def diag_grad(*, init_from_gradient: bool = True) -> MetricAdapter:
     preconditioned target from a standard normal (Seyboldt, Carlson & Carpenter 2026,
     arXiv:2603.18845). Streaming Welford variances of the draws and of the gradients; a
     coordinate without two draws or with a zero variance gets 1, and the estimate is
-    clipped to ``[1e-10, 1e10]``.
+    clipped to ``[1e-10, 1e10]`` and then, from ``n`` draws, shrunk as Stan shrinks its
+    windowed variances: ``(n / (n + 5)) * estimate + 1e-3 * 5 / (n + 5)`` (Stan
+    Reference Manual, "HMC algorithm parameters"). Without it, a chain that barely moved
+    in some coordinates during an early window of an early-and-often schedule could get
+    inverse masses of 1e-8 there and stay stuck (``hbm.models.epil``, seed 2: one
+    chain at step size 1.6e-6 and tree depth 10 for all of sampling).
     """
     welford_init, welford_update, _ = welford_variance(False)
 
@@ -322,8 +333,8 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
         n = jnp.maximum(num, 1).astype(dtype)
         draw_centered = weight * (state.draws - jnp.sum(weight * state.draws, 0) / n)
         grad_centered = weight * (state.grads - jnp.sum(weight * state.grads, 0) / n)
-        diagonal = _diag_from_variances(
-            jnp.sum(draw_centered**2, 0), jnp.sum(grad_centered**2, 0), num
+        diagonal = _diag_from_variances(  # the paper's scaling, not shrunk
+            jnp.sum(draw_centered**2, 0), jnp.sum(grad_centered**2, 0), num, shrink=False
         )
         scale = jnp.sqrt(diagonal)
         draw_scaled = draw_centered / scale  # (N, d)

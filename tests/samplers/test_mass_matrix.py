@@ -69,12 +69,33 @@ def test_welford_adapters_are_stans_estimates(make, is_dense):
 
 def test_diag_grad_is_exact_on_a_diagonal_gaussian():
     # g_i = -x_i / s_i^2, so the sample variances satisfy Var(x_i) / Var(g_i) = s_i^4 for
-    # every sample, and the estimate sqrt(Var(x) / Var(g)) = s^2 exactly, from 3 draws on.
+    # every sample, and the estimate sqrt(Var(x) / Var(g)) = s^2 exactly, from 3 draws on;
+    # from n draws it is then shrunk as Stan shrinks: (n / (n + 5)) s^2 + 1e-3 * 5 / (n + 5)
     scales = np.array([1e-3, 0.1, 1.0, 7.0, 300.0])
-    draws, grads = _gaussian_draws(np.diag(scales**2), 3, seed=1)
     adapter = diag_grad()
-    np.testing.assert_allclose(adapter.final(_feed(adapter, draws, grads)), scales**2,
-                               rtol=1e-12)
+    for n in (3, 40):
+        draws, grads = _gaussian_draws(np.diag(scales**2), n, seed=1)
+        expected = (n / (n + 5)) * scales**2 + 1e-3 * 5 / (n + 5)
+        np.testing.assert_allclose(adapter.final(_feed(adapter, draws, grads)), expected,
+                                   rtol=1e-12)
+
+
+def test_diag_grad_keeps_a_coordinate_that_barely_moved_away_from_zero():
+    """A chain stuck in one coordinate during a short window (draw variance ~0 there)
+    gets an inverse mass of at least 1e-3 * 5 / (n + 5), not ~0 (which would keep it
+    stuck); the other coordinates are unaffected beyond the shrinkage."""
+    rng = np.random.default_rng(4)
+    n = 20
+    draws = rng.normal(size=(n, 3))
+    draws[:, 1] = 0.5 + 1e-9 * rng.normal(size=n)  # barely moved
+    grads = -draws.copy()
+    grads[:, 1] = rng.normal(size=n)  # the gradient still varies
+    adapter = diag_grad()
+    estimate = np.asarray(adapter.final(_feed(adapter, draws, grads)))
+    floor = 1e-3 * 5 / (n + 5)
+    assert estimate[1] >= floor
+    assert estimate[1] < 2 * floor
+    np.testing.assert_allclose(estimate[[0, 2]], n / (n + 5) + floor, rtol=1e-12)
 
 
 def test_diag_grad_is_consistent_on_a_correlated_gaussian():
@@ -232,17 +253,17 @@ def test_lowrank_without_enough_draws_is_its_diagonal():
 
 
 def test_lowrank_waits_for_min_draws():
-    """Below ``min_draws`` draws the estimate is the gradient-based diagonal alone; from
-    ``min_draws`` on the low-rank part is in use."""
+    """Below ``min_draws`` draws the estimate is the gradient-based diagonal alone (the
+    paper's ``sqrt(Var(x) / Var(g))``, without diag_grad's shrinkage); from ``min_draws``
+    on the low-rank part is in use."""
     cov, _ = _strong_directions_gaussian(dim=8)
     draws, grads = _gaussian_draws(cov, 10, seed=3)
     adapter = lowrank(2, buffer_size=16, min_draws=10)
     early = jax.jit(adapter.final)(_feed(adapter, draws[:9], grads[:9]))
     np.testing.assert_array_equal(early.eigenvalues, np.ones(2))
     np.testing.assert_array_equal(early.eigenvectors, np.zeros((8, 2)))
-    np.testing.assert_allclose(early.diagonal,
-                               jax.jit(diag_grad().final)(_feed(diag_grad(), draws[:9],
-                                                                grads[:9])), rtol=1e-12)
+    np.testing.assert_allclose(
+        early.diagonal, np.sqrt(np.var(draws[:9], 0) / np.var(grads[:9], 0)), rtol=1e-10)
     later = jax.jit(adapter.final)(_feed(adapter, draws, grads))
     assert np.all(np.asarray(later.eigenvalues) != 1.0)
 
