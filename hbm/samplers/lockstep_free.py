@@ -473,14 +473,17 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
     info_shapes = jax.eval_shape(
         lambda m, c: finish(m, c)[1],
         jax.tree.map(lambda a: a[0], slot.state), jax.tree.map(lambda a: a[0], chains))
-    outputs = _Outputs(
+    # the result, filled in as members make draws; loop_iterations counts the iterations
+    outputs = LockstepFreeChains(
         positions=jnp.zeros((members, num_draws, dim), dtype),
         logdensity=jnp.zeros((members, num_draws), dtype),
         infos=jax.tree.map(
             lambda s: jnp.zeros((members, num_draws) + s.shape, s.dtype), info_shapes),
         chains=chains,
         warmup_steps=jnp.zeros((members,), jnp.int32),
-        warmup_divergences=jnp.zeros((members,), jnp.int32))
+        warmup_divergences=jnp.zeros((members,), jnp.int32),
+        loop_iterations=jnp.int32(0),
+        useful_leapfrog_fraction=jnp.zeros((), dtype))
 
     def iteration(carry: _Loop) -> _Loop:
         slot, outputs = carry.slots, carry.outputs
@@ -557,21 +560,20 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
         slot, outputs, next_member = lax.cond(
             jnp.any(finished), next_transition, lambda operand: operand,
             (state_only, outputs, carry.next_member))
-        return _Loop(slot, outputs, next_member, carry.iterations + 1)
+        return _Loop(slot, outputs._replace(loop_iterations=outputs.loop_iterations + 1),
+                     next_member)
 
     def keep_going(carry: _Loop):
         return jnp.any(carry.slots.state.transition < total)
 
     final = lax.while_loop(keep_going, iteration,
-                           _Loop(slot, outputs, jnp.int32(slots), jnp.int32(0)))
+                           _Loop(slot, outputs, jnp.int32(slots)))
     outputs = final.outputs
     if not refills:  # slot m ran member m
         outputs = outputs._replace(chains=final.slots.chains)
     useful = ((jnp.sum(outputs.infos.num_steps) + jnp.sum(outputs.warmup_steps))
-              / (slots * final.iterations))
-    return LockstepFreeChains(outputs.positions, outputs.logdensity, outputs.infos,
-                              outputs.chains, outputs.warmup_steps,
-                              outputs.warmup_divergences, final.iterations, useful)
+              / (slots * outputs.loop_iterations))
+    return outputs._replace(useful_leapfrog_fraction=useful)
 
 
 class _Slots(NamedTuple):
@@ -584,19 +586,7 @@ class _Slots(NamedTuple):
     state: MemberState
 
 
-class _Outputs(NamedTuple):
-    """Per member (leading members axis): draws, final chain states, warmup counts."""
-
-    positions: jax.Array
-    logdensity: jax.Array
-    infos: NUTSInfo
-    chains: Any
-    warmup_steps: jax.Array
-    warmup_divergences: jax.Array
-
-
 class _Loop(NamedTuple):
     slots: _Slots
-    outputs: _Outputs
+    outputs: LockstepFreeChains  # per member; useful_leapfrog_fraction set at the end
     next_member: jax.Array  # the first member not yet started
-    iterations: jax.Array
