@@ -10,11 +10,15 @@ the formula and library model alternately, ``--repeats`` times after a first run
   events; hbm's persistent compilation cache is switched off so every first run compiles);
 * ``ESS/s``: min bulk ESS over every constrained scalar (``ess_per_second.min_bulk_ess``)
   over the wall seconds of the run without compilation, median over the repeats;
-* ``ESS/1k grads``: the same ESS per 1000 gradient evaluations, warmup included.
+* ``ESS/1k grads``: the same ESS per 1000 gradient evaluations, warmup included, as
+  mean +- standard error over the repeats (the two models are the same posterior, so this
+  differs only by chance: min bulk ESS of radon's slope sd varies by +-20% between seeds);
+* ``us/grad``: wall microseconds per gradient evaluation (all chains) of the timed runs,
+  median: the part of ESS/s that the formula's compiled log density decides.
 
 Run from the repository root (in ``.venv-bench``, or any environment with hbm)::
 
-    python -m benchmarks.formula [--models sleepstudy,radon_intercept] [--repeats 2]
+    python -m benchmarks.formula [--models sleepstudy,radon_intercept] [--repeats 6]
 """
 
 from __future__ import annotations
@@ -85,13 +89,14 @@ def run(model, data, seed):
     ess, _ = min_bulk_ess(dict(fit.posterior))
     seconds = timer.seconds - timer.compile_seconds
     return {"compile_s": timer.compile_seconds, "ess_per_s": ess / seconds,
-            "ess_per_1k_grads": 1000.0 * ess / gradients}
+            "ess_per_1k_grads": 1000.0 * ess / gradients,
+            "us_per_grad": 1e6 * seconds / gradients}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(PAIRS))
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--out", default=None, help="folder for formula.json")
     args = parser.parse_args(argv)
     rows = []
@@ -106,21 +111,27 @@ def main(argv=None):
         for label, results in runs.items():
             row[f"{label}_compile_s"] = round(results[0]["compile_s"], 2)
             timed = results[1:]
-            row[f"{label}_ess_per_s"] = round(float(np.median(
-                [r["ess_per_s"] for r in timed])), 1)
-            row[f"{label}_ess_per_1k_grads"] = round(float(np.median(
-                [r["ess_per_1k_grads"] for r in timed])), 2)
-        for key in ("compile_s", "ess_per_s", "ess_per_1k_grads"):
+            for key in ("ess_per_s", "us_per_grad"):
+                row[f"{label}_{key}"] = round(float(np.median([r[key] for r in timed])), 2)
+            per_grad = np.array([r["ess_per_1k_grads"] for r in timed])
+            row[f"{label}_ess_per_1k_grads"] = round(float(per_grad.mean()), 2)
+            row[f"{label}_ess_per_1k_grads_se"] = round(
+                float(per_grad.std(ddof=1) / np.sqrt(len(per_grad))) if len(per_grad) > 1
+                else float("nan"), 2)
+        for key in ("compile_s", "ess_per_s", "ess_per_1k_grads", "us_per_grad"):
             row[f"ratio_{key}"] = round(row[f"formula_{key}"] / row[f"library_{key}"], 3)
         rows.append(row)
         print(json.dumps(row), flush=True)
     columns = ["model", "library_compile_s", "formula_compile_s", "ratio_compile_s",
-               "library_ess_per_s", "formula_ess_per_s", "ratio_ess_per_s",
-               "library_ess_per_1k_grads", "formula_ess_per_1k_grads"]
-    print("\n| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
+               "library_us_per_grad", "formula_us_per_grad", "ratio_us_per_grad",
+               "library_ess_per_s", "formula_ess_per_s", "ratio_ess_per_s"]
+    print("\n| " + " | ".join(columns) + " | ESS/1k grads, library | formula | ratio |")
+    print("|" + "---|" * (len(columns) + 3))
     for row in rows:
-        print("| " + " | ".join(str(row[c]) for c in columns) + " |")
+        per_grad = [f"{row[f'{label}_ess_per_1k_grads']} +- "
+                    f"{row[f'{label}_ess_per_1k_grads_se']}" for label in runs]
+        print("| " + " | ".join(str(row[c]) for c in columns) + " | "
+              + " | ".join(per_grad) + f" | {row['ratio_ess_per_1k_grads']} |")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

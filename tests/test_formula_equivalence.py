@@ -153,3 +153,28 @@ def test_default_priors_follow_the_stated_rstanarm_rules():
     np.testing.assert_allclose(np.asarray(model.prior["b"].loc), [0.0, 0.0])
     np.testing.assert_allclose(np.asarray(model.prior["b"].scale), [2.5, 2.5 / sd_x])
     np.testing.assert_allclose(np.asarray(model.prior["sd_Subject"].rate), [1.0])
+
+
+@pytest.mark.parametrize("text", ["y ~ x + w + (x | g) + (1 + w || k)",
+                                  "y ~ x * h + (0 + x | g) + (1 | k)"])
+def test_linear_predictor_forms_agree(monkeypatch, text):
+    """The column-by-column linear predictor (intercepts without products, a group term on
+    a population column folded into its coefficient) equals the plain ``X b + sum(r Z)``
+    form, used for designs wider than ``UNROLLED_COLUMNS``, exactly (float64)."""
+    from hbm.formulas import build
+
+    rng = np.random.default_rng(3)
+    n = 60
+    df = {"y": rng.normal(size=n), "x": rng.normal(size=n), "w": rng.normal(size=n),
+          "h": rng.choice(list("abcd"), size=n), "g": rng.choice(list("pqrst"), size=n),
+          "k": rng.choice(list("uv"), size=n)}
+    import pandas as pd
+    df = pd.DataFrame(df)
+    folded, data = hbm.formula(text, df)
+    monkeypatch.setattr(build, "UNROLLED_COLUMNS", 0)
+    plain, plain_data = hbm.formula(text, df)
+    a, b = folded.bind(data), plain.bind(plain_data)
+    assert a.size == b.size
+    xs = jax.random.uniform(jax.random.PRNGKey(1), (5, a.size), minval=-2, maxval=2)
+    np.testing.assert_allclose(np.asarray(jax.vmap(b.logdensity)(xs)),
+                               np.asarray(jax.vmap(a.logdensity)(xs)), rtol=1e-12)
