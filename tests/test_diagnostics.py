@@ -324,13 +324,13 @@ def test_diagnose_reads_the_draws_once(monkeypatch):
     posterior = clean_posterior(rng)
     posterior["theta"][0, :, 1] += 2.0
     calls = []
-    block_convergence = diagnostics._block_convergence
+    block_convergence = diagnostics._compiled_block_convergence  # what diagnose uses
 
-    def counting(arviz, block):
+    def counting(block):
         calls.append(block.shape)
-        return block_convergence(arviz, block)
+        return block_convergence(block)
 
-    monkeypatch.setattr(diagnostics, "_block_convergence", counting)
+    monkeypatch.setattr(diagnostics, "_compiled_block_convergence", counting)
     messages = diagnose(nuts_fit(posterior, clean_stats(rng)))
     assert listed(only(messages, "R-hat above 1.01")) == ["theta[B]"]
     assert calls == [(CHAINS, DRAWS, 1), (CHAINS, DRAWS, 3)]
@@ -461,3 +461,47 @@ def test_long_parameter_lists_are_truncated():
     names = listed(message)
     assert names[:9] == [f"z[{i}]" for i in range(9)]
     assert names[9] == "z[9] and 5 more"
+
+
+@pytest.mark.parametrize("columns", [3, 10**6])
+def test_compiled_convergence_equals_arviz(monkeypatch, tmp_path, columns):
+    """The end-of-run checks' compiled R-hat / bulk ESS (hbm.study_diagnostics, float64 here)
+    equal ArviZ's on every kind of parameter, blockwise and from memory-mapped files."""
+    posterior = mixed_posterior()
+    expected = whole_array_arviz(posterior)
+    set_block_columns(monkeypatch, columns)
+    mapped = {}
+    for name, values in posterior.items():
+        np.save(tmp_path / f"{name}.npy", values)
+        mapped[name] = np.load(tmp_path / f"{name}.npy", mmap_mode="r")
+    for draws in (posterior, mapped):
+        got = diagnostics.convergence_by_element(draws, compiled=True)
+        for result, want in zip(got, expected):
+            assert set(result) == set(posterior)
+            for name in posterior:
+                assert result[name].shape == np.shape(posterior[name])[2:]
+                np.testing.assert_allclose(result[name], want[name], rtol=1e-10)
+    rhat, ess = expected
+    assert rhat["Sigma"][1, 2] > 1.01 and ess["theta"].max() < 400  # non-trivial values
+
+
+def test_diagnose_does_not_import_arviz():
+    """A sampling run's end-of-run checks leave ArviZ unimported (its import costs ~3 s)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from hbm.diagnostics import diagnose\n"
+        "from hbm.results import Fit\n"
+        "rng = np.random.default_rng(0)\n"
+        "posterior = {'mu': rng.normal(size=(4, 200)), 'theta': rng.normal(size=(4, 200, 3))}\n"
+        "posterior['theta'][0, :, 1] += 2.0\n"
+        "stats = {'diverging': np.zeros((4, 200), bool)}\n"
+        "messages = diagnose(Fit(posterior, stats, method='nuts'))\n"
+        "assert any('R-hat above' in m and 'theta[1]' in m for m in messages), messages\n"
+        "print(sorted(m for m in ('arviz', 'xarray', 'scipy.stats') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -194,9 +194,19 @@ def _jax_leaf_uniform(leaf_key, index, dtype):
 
 @functools.lru_cache(maxsize=None)
 def _fast_leaf_uniform_agrees(dtype_name: str, key_shape: tuple, partitionable: bool) -> bool:
-    """Whether the unrolled hash reproduces ``jax.random`` here (checked once)."""
+    """Whether the unrolled hash reproduces ``jax.random`` here: checked once per process,
+    and remembered across processes per JAX version and backend
+    (:func:`hbm.compilation_cache.remembered`: the check costs a few tenths of a second of
+    tracing and lowering, a good part of a cached process's start)."""
     if key_shape != (2,):
         return False
+    from hbm.compilation_cache import remembered
+
+    return remembered(f"leaf_uniform_agrees {dtype_name} partitionable={partitionable}",
+                      lambda: _check_fast_leaf_uniform(dtype_name))
+
+
+def _check_fast_leaf_uniform(dtype_name: str) -> bool:
     def both(key, index):
         return (_jax_leaf_uniform(key, index, dtype_name),
                 _fast_leaf_uniform(key, index, dtype_name))
