@@ -389,36 +389,85 @@ def _block_convergence(arviz, block: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _compiled_statistics():
-    """``block -> (R-hat, bulk ESS)`` of :mod:`hbm.study_diagnostics`, jitted (once)."""
+    """``(bulk ranks, folded ranks, invalid) -> (R-hat, bulk ESS)``, jitted once: the
+    normal scores, split R-hat and Geyer ESS of :mod:`hbm.study_diagnostics`."""
     global _COMPILED_STATISTICS
     if _COMPILED_STATISTICS is None:
         import jax
+        import jax.numpy as jnp
+        from jax.scipy.special import ndtri
 
-        from hbm.study_diagnostics import ess_bulk, rank_normalized_rhat
+        from hbm.study_diagnostics import _BLOM_OFFSET, _ess, _rhat
 
-        _COMPILED_STATISTICS = jax.jit(lambda block: (rank_normalized_rhat(block),
-                                                      ess_bulk(block)))
+        def statistics(bulk_ranks, tail_ranks, invalid):
+            size = bulk_ranks.shape[0] * bulk_ranks.shape[1]
+
+            def scores(ranks):
+                return ndtri((ranks - _BLOM_OFFSET) / (size - 2 * _BLOM_OFFSET + 1))
+
+            bulk = scores(bulk_ranks)
+            rhat_bulk, rhat_tail = _rhat(bulk), _rhat(scores(tail_ranks))
+            rhat = jnp.where(invalid | jnp.isnan(rhat_bulk) | jnp.isnan(rhat_tail),
+                             jnp.nan, jnp.maximum(rhat_bulk, rhat_tail))
+            return rhat, jnp.where(invalid, jnp.nan, _ess(bulk))
+
+        _COMPILED_STATISTICS = jax.jit(statistics)
     return _COMPILED_STATISTICS
 
 
 _COMPILED_STATISTICS = None
 
 
+def host_fractional_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..N along the last axis of ``values`` (k, N), ties given their average rank
+    (as :func:`hbm.study_diagnostics.fractional_ranks` along its first axis), by NumPy:
+    XLA's CPU sort takes ~0.2 us per element (4,000 draws: 0.8 ms a column), NumPy's
+    a tenth of that."""
+    values = np.ascontiguousarray(values)
+    n = values.shape[-1]
+    order = np.argsort(values, axis=-1)  # ties get one average rank: any order will do
+    ordered = np.take_along_axis(values, order, axis=-1)
+    positions = np.arange(n)
+    differs = ordered[..., 1:] != ordered[..., :-1]  # NaNs differ from everything
+    edge = np.ones(differs.shape[:-1] + (1,), bool)
+    starts = np.concatenate([edge, differs], axis=-1)
+    ends = np.concatenate([differs, edge], axis=-1)
+    first = np.maximum.accumulate(np.where(starts, positions, 0), axis=-1)
+    last = np.minimum.accumulate(np.where(ends, positions, n - 1)[..., ::-1], axis=-1)
+    ranks = np.empty(values.shape)
+    np.put_along_axis(ranks, order, (first + last[..., ::-1] + 2) / 2, axis=-1)
+    return ranks
+
+
 def _compiled_block_convergence(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """R-hat and bulk ESS of each column of ``block`` (chain, draw, b), compiled.
+    """R-hat and bulk ESS of each column of ``block`` (chain, draw, b): the split chains'
+    ranks (and the folded draws' ranks) by NumPy, the rest compiled.
 
     The block is padded with copies of its first column to a power of two of at least 8
     columns, so a fit compiles one program per few block widths, not per parameter size
     (and later processes load them from the persistent compilation cache).
     """
-    width = block.shape[2]
+    chains, draws, width = block.shape
+    if draws < 4:  # too few to split: undefined, as in ArviZ
+        return np.full(width, np.nan), np.full(width, np.nan)
     padded = max(8, 1 << (width - 1).bit_length())
     if padded > width:
         block = np.concatenate(
-            [block, np.broadcast_to(block[:, :, :1], (*block.shape[:2], padded - width))],
+            [block, np.broadcast_to(block[:, :, :1], (chains, draws, padded - width))],
             axis=2)
-    rhat, ess = _compiled_statistics()(block)
-    return (np.asarray(rhat, dtype=float)[:width], np.asarray(ess, dtype=float)[:width])
+    half = draws // 2
+    split = np.concatenate([block[:, :half], block[:, draws - half:]], axis=0)
+    columns = np.moveaxis(split, 2, 0).reshape(padded, -1)  # (k, 2 chains x half)
+    median = np.median(columns, axis=-1, keepdims=True)
+    shape = (padded,) + split.shape[:2]
+    bulk = np.moveaxis(host_fractional_ranks(columns).reshape(shape), 0, 2)
+    tail = np.moveaxis(host_fractional_ranks(np.abs(columns - median)).reshape(shape), 0, 2)
+    invalid = np.isnan(block).any(axis=(0, 1))
+    rhat, ess = _compiled_statistics()(bulk, tail, invalid)
+    rhat = np.asarray(rhat, dtype=float)[:width]
+    if chains < 2:  # R-hat compares chains: undefined for one, as in ArviZ
+        rhat = np.full(width, np.nan)
+    return rhat, np.asarray(ess, dtype=float)[:width]
 
 
 def convergence_by_element(

@@ -505,3 +505,18 @@ def test_diagnose_does_not_import_arviz():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_host_ranks_equal_the_compiled_ranks_with_ties():
+    """The NumPy ranks of the end-of-run checks equal hbm.study_diagnostics' (ties
+    averaged), column by column."""
+    import jax.numpy as jnp
+
+    from hbm.study_diagnostics import fractional_ranks
+
+    rng = np.random.default_rng(4)
+    values = np.concatenate([rng.integers(0, 4, size=(60, 3)), rng.normal(size=(60, 2))],
+                            axis=1)
+    expected = np.asarray(fractional_ranks(jnp.asarray(values)))
+    np.testing.assert_array_equal(diagnostics.host_fractional_ranks(values.T).T, expected)
+    assert len(np.unique(expected[:, 0])) == 4  # ties were there

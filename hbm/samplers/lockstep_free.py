@@ -485,81 +485,110 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
         loop_iterations=jnp.int32(0),
         useful_leapfrog_fraction=jnp.zeros((), dtype))
 
-    def iteration(carry: _Loop) -> _Loop:
-        slot, outputs = carry.slots, carry.outputs
-        slot_data = slot.data if refills else data
-        transition = slot.state.transition
-        running = transition < total
-        # a slot whose member is done steps on too (its results are never read): that
-        # saves a select of the whole trajectory state per iteration
-        state = jax.vmap(advance, in_axes=(0, 0, data_axes))(slot.state, slot.chains,
-                                                             slot_data)
-        finished = running & state.trajectory.done
-        new_states, new_infos = jax.vmap(finish)(state, slot.chains)
-        in_warmup = transition < num_warmup
-        sampled = finished & ~in_warmup
-        # one scatter per buffer: (member, row) where a draw is made, out of bounds (and
-        # dropped) elsewhere
-        member_or_none = jnp.where(sampled, slot.member, members)
-        row = jnp.clip(transition - num_warmup, 0, num_draws - 1)
+    def refill(slot, next_member, completed):
+        """Slots whose member is done take the next members not yet started."""
+        member = next_member + jnp.cumsum(completed, dtype=jnp.int32) - 1
+        taken = completed & (member < members)
+        member = jnp.where(taken, member, 0).astype(jnp.int32)
+        fresh = _Slots(member=member, keys=keys[member],
+                       data=jax.tree.map(lambda a: a[member], data),
+                       chains=jax.tree.map(lambda a: a[member], chains),
+                       state=None)
+        fresh = fresh._replace(state=jax.vmap(start, in_axes=(0, None, 0, 0))(
+            fresh.keys, jnp.int32(0), fresh.chains, slot.state.trajectory))
+        return (_where(taken, fresh, slot),
+                next_member + jnp.sum(taken, dtype=jnp.int32))
 
-        def write(buffer, value):
-            return buffer.at[member_or_none, row].set(value, mode="drop")
+    def end_transitions(size):
+        """The loop's work where at most ``size`` slots ended a transition: gather those
+        slots (``size`` of them, padded with an out-of-range index), record their draws,
+        adapt (in warmup), start their next transitions and scatter them back."""
+        def run(operand):
+            slot, outputs, finished = operand
+            index = jnp.nonzero(finished, size=size, fill_value=slots)[0]
+            valid = index < slots
+            safe = jnp.where(valid, index, 0)
 
-        warming = finished & in_warmup
-        outputs = outputs._replace(
-            positions=write(outputs.positions, new_states.position),
-            logdensity=write(outputs.logdensity, new_states.logdensity),
-            infos=jax.tree.map(write, outputs.infos, new_infos),
-            warmup_steps=outputs.warmup_steps.at[slot.member].add(
-                jnp.where(warming, new_infos.num_steps, 0), mode="drop"),
-            warmup_divergences=outputs.warmup_divergences.at[slot.member].add(
-                (warming & new_infos.is_divergent).astype(jnp.int32), mode="drop"))
+            def gather(tree):
+                return jax.tree.map(lambda a: a[safe], tree)
 
-        # members whose transition ended adapt (in warmup) and start the next one now
-        def next_transition(operand):
-            slot, outputs, next_member = operand
-            chains = slot.chains
+            def scatter(tree, values):
+                return jax.tree.map(lambda a, v: a.at[index].set(v, mode="drop"),
+                                    tree, values)
+
+            state, chains, slot_keys = gather(slot.state), gather(slot.chains), slot.keys[safe]
+            member = slot.member[safe]
+            member_data = None if data is None else gather(slot.data if refills else data)
+            transition = state.transition
+            new_states, new_infos = jax.vmap(finish)(state, chains)
+            in_warmup = transition < num_warmup
+            # one scatter per buffer: (member, row) where a draw is made, out of bounds
+            # (and dropped) elsewhere
+            sampled = valid & ~in_warmup
+            member_or_none = jnp.where(sampled, member, members)
+            row = jnp.clip(transition - num_warmup, 0, num_draws - 1)
+
+            def write(buffer, value):
+                return buffer.at[member_or_none, row].set(value, mode="drop")
+
+            warming = valid & in_warmup
+            warm_member = jnp.where(warming, member, members)
+            outputs = outputs._replace(
+                positions=write(outputs.positions, new_states.position),
+                logdensity=write(outputs.logdensity, new_states.logdensity),
+                infos=jax.tree.map(write, outputs.infos, new_infos),
+                warmup_steps=outputs.warmup_steps.at[warm_member].add(
+                    new_infos.num_steps, mode="drop"),
+                warmup_divergences=outputs.warmup_divergences.at[warm_member].add(
+                    new_infos.is_divergent.astype(jnp.int32), mode="drop"))
+
             moved = chains._replace(hmc_state=new_states)
             if hasattr(moved, "iteration"):
                 moved = moved._replace(iteration=chains.iteration + 1)
             if adaptation is not None and num_warmup > 0:
                 adapting = jax.vmap(adapted, in_axes=(0, 0, 0, 0, 0, data_axes))(
-                    slot.keys, chains, new_states, new_infos, transition, slot_data)
+                    slot_keys, chains, new_states, new_infos, transition, member_data)
                 moved = _where(in_warmup, adapting, moved)
-            chains = _where(finished, moved, chains)
-            restarted = jax.vmap(start)(slot.keys, transition + 1, chains, state.trajectory)
-            slot = slot._replace(state=_where(finished, restarted, state), chains=chains)
+            restarted = jax.vmap(start)(slot_keys, transition + 1, moved, state.trajectory)
+            slot = slot._replace(state=scatter(slot.state, restarted),
+                                 chains=scatter(slot.chains, moved))
+            completed = valid & (transition + 1 == total)  # the member's last transition
             if refills:  # keep the final chain states of members that are done
-                completed = finished & (transition + 1 == total)
-                final = jnp.where(completed, slot.member, members)
+                final = jnp.where(completed, member, members)
                 outputs = lax.cond(jnp.any(completed), lambda o: o._replace(
                     chains=jax.tree.map(
                         lambda buffer, value: buffer.at[final].set(value, mode="drop"),
-                        o.chains, chains)), lambda o: o, outputs)
-                slot, next_member = lax.cond(
-                    jnp.any(completed) & (next_member < members), refill,
-                    lambda s, n, c: (s, n), slot, next_member, completed)
-            return slot, outputs, next_member
+                        o.chains, moved)), lambda o: o, outputs)
+            done = jnp.zeros((slots,), bool).at[index].set(completed, mode="drop")
+            return slot, outputs, done  # the slots whose member made its last transition
+        return run
 
-        def refill(slot, next_member, completed):
-            """Slots whose member is done take the next members not yet started."""
-            member = next_member + jnp.cumsum(completed, dtype=jnp.int32) - 1
-            taken = completed & (member < members)
-            member = jnp.where(taken, member, 0).astype(jnp.int32)
-            fresh = _Slots(member=member, keys=keys[member],
-                           data=jax.tree.map(lambda a: a[member], data),
-                           chains=jax.tree.map(lambda a: a[member], chains),
-                           state=None)
-            fresh = fresh._replace(state=jax.vmap(start, in_axes=(0, None, 0, 0))(
-                fresh.keys, jnp.int32(0), fresh.chains, slot.state.trajectory))
-            return (_where(taken, fresh, slot),
-                    next_member + jnp.sum(taken, dtype=jnp.int32))
+    # the work of ending transitions is sized by how many slots end one in an iteration
+    # (a few, in a long run: every tree takes several leapfrog steps): one branch per
+    # bucket, so an iteration where 3 of 256 slots end a transition draws 4 momenta and
+    # moves 4 slots' states, not 256
+    sizes = sorted({min(slots, size) for size in _END_BUCKETS} | {slots})
+    branches = [lambda operand: (operand[0], operand[1], jnp.zeros_like(operand[2]))]
+    branches += [end_transitions(size) for size in sizes]
 
-        state_only = slot._replace(state=state)
-        slot, outputs, next_member = lax.cond(
-            jnp.any(finished), next_transition, lambda operand: operand,
-            (state_only, outputs, carry.next_member))
+    def iteration(carry: _Loop) -> _Loop:
+        slot, outputs = carry.slots, carry.outputs
+        slot_data = slot.data if refills else data
+        running = slot.state.transition < total
+        # a slot whose member is done steps on too (its results are never read): that
+        # saves a select of the whole trajectory state per iteration
+        state = jax.vmap(advance, in_axes=(0, 0, data_axes))(slot.state, slot.chains,
+                                                             slot_data)
+        finished = running & state.trajectory.done
+        count = jnp.sum(finished, dtype=jnp.int32)
+        branch = jnp.sum(count > jnp.asarray([0] + sizes[:-1], jnp.int32), dtype=jnp.int32)
+        slot, outputs, completed = lax.switch(
+            branch, branches, (slot._replace(state=state), outputs, finished))
+        next_member = carry.next_member
+        if refills:
+            slot, next_member = lax.cond(
+                jnp.any(completed) & (next_member < members), refill,
+                lambda s, n, c: (s, n), slot, next_member, completed)
         return _Loop(slot, outputs._replace(loop_iterations=outputs.loop_iterations + 1),
                      next_member)
 
@@ -574,6 +603,11 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
     useful = ((jnp.sum(outputs.infos.num_steps) + jnp.sum(outputs.warmup_steps))
               / (slots * outputs.loop_iterations))
     return outputs._replace(useful_leapfrog_fraction=useful)
+
+
+#: sizes of the gathered batches of slots that end a transition in one iteration (plus
+#: all slots); see ``_drive``
+_END_BUCKETS = (2, 8, 32)
 
 
 class _Slots(NamedTuple):
