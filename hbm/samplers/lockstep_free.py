@@ -10,7 +10,11 @@ ICML): one shared ``lax.while_loop`` advances every member by exactly one leapfr
 its own trajectory per iteration (:func:`hbm.samplers.trajectory.trajectory_step`, vmapped
 over members); a member whose trajectory ends records its draw and starts its next
 transition (momentum draw, fresh tree) in the same iteration, so members never wait for
-each other until their last transition.
+each other until their last transition. That end-of-transition work (the draw, the
+adaptation, the momentum and the fresh tree) is done only for the slots that need it: they
+are gathered into a batch of ``slots // 8`` (every slot in the rare iteration where more
+end), worked on and scattered back, so its cost follows the transitions that end, not
+the number of slots (2.8x the data sets per second of doing it for every slot).
 
 Key scheme. Member ``m`` is given ``keys[m]``; its transition ``t`` runs exactly the
 standard kernel (:func:`hbm.samplers.nuts.build_kernel`) with key
@@ -563,13 +567,13 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
             return slot, outputs, done  # the slots whose member made its last transition
         return run
 
-    # the work of ending transitions is sized by how many slots end one in an iteration
-    # (a few, in a long run: every tree takes several leapfrog steps): one branch per
-    # bucket, so an iteration where 3 of 256 slots end a transition draws 4 momenta and
-    # moves 4 slots' states, not 256
-    sizes = sorted({min(slots, size) for size in _END_BUCKETS} | {slots})
-    branches = [lambda operand: (operand[0], operand[1], jnp.zeros_like(operand[2]))]
-    branches += [end_transitions(size) for size in sizes]
+    # the work of ending transitions is sized by how many slots end one in an iteration:
+    # a few, in a long run (every tree takes several leapfrog steps), so an iteration where
+    # 3 of 64 slots end a transition gathers 8 slots (draws 8 momenta, moves 8 states),
+    # not 64; the rare iteration with more takes every slot
+    small = max(1, slots // _END_FRACTION)
+    ends = [end_transitions(small)] if small < slots else []
+    ends.append(end_transitions(slots))
 
     def iteration(carry: _Loop) -> _Loop:
         slot, outputs = carry.slots, carry.outputs
@@ -580,10 +584,13 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
         state = jax.vmap(advance, in_axes=(0, 0, data_axes))(slot.state, slot.chains,
                                                              slot_data)
         finished = running & state.trajectory.done
-        count = jnp.sum(finished, dtype=jnp.int32)
-        branch = jnp.sum(count > jnp.asarray([0] + sizes[:-1], jnp.int32), dtype=jnp.int32)
-        slot, outputs, completed = lax.switch(
-            branch, branches, (slot._replace(state=state), outputs, finished))
+        operand = (slot._replace(state=state), outputs, finished)
+        if len(ends) == 1:
+            slot, outputs, completed = ends[0](operand)
+        else:  # one two-way conditional: an n-way or nested one makes XLA copy the loop's
+            # buffers every iteration (measured: 3-5x slower)
+            slot, outputs, completed = lax.cond(
+                jnp.sum(finished, dtype=jnp.int32) <= small, ends[0], ends[1], operand)
         next_member = carry.next_member
         if refills:
             slot, next_member = lax.cond(
@@ -605,9 +612,10 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
     return outputs._replace(useful_leapfrog_fraction=useful)
 
 
-#: sizes of the gathered batches of slots that end a transition in one iteration (plus
-#: all slots); see ``_drive``
-_END_BUCKETS = (2, 8, 32)
+#: ``slots // _END_FRACTION`` slots are gathered where at most that many end a transition
+#: in an iteration (else every slot); see ``_drive``. 8 measured best of 2-16 slots of 64
+#: on the radon-sized study model (``benchmarks/study.py``).
+_END_FRACTION = 8
 
 
 class _Slots(NamedTuple):

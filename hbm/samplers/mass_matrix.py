@@ -359,7 +359,14 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
         order = jnp.argsort(-distance)[: min(max_rank, width)]
         keep = distance[order] > log_cutoff
         chosen_values = jnp.where(keep, values[order], 1.0)
+        # one representation of the metric: columns left at eigenvalue 1 (which do not
+        # act) are zero, and each kept column's largest entry is positive (eigenvectors
+        # have no sign, and LAPACK's choice can differ with the batch size)
         chosen_vectors = basis @ vectors[:, order]
+        largest = jnp.take_along_axis(
+            chosen_vectors, jnp.argmax(jnp.abs(chosen_vectors), axis=0)[None], axis=0)
+        chosen_vectors = jnp.where(keep, chosen_vectors * jnp.where(largest < 0, -1.0, 1.0),
+                                   0.0).astype(dtype)
         pad = max_rank - chosen_values.shape[0]
         if pad > 0:
             chosen_values = jnp.concatenate([chosen_values, jnp.ones((pad,), dtype)])
