@@ -50,11 +50,13 @@ __all__ = [
     "REFILL",
 ]
 
-#: Lockstep-free studies run a quarter of a batch's chains at once and refill the lanes:
-#: on radon-sized data sets (``benchmarks/study.py``, 256 chains) the useful-leapfrog
-#: fraction goes from 0.48 with every chain at once (the loop waits for the slowest
-#: chain, whose warmup can take twice the median's gradients) to 0.87.
-REFILL = 4
+#: Lockstep-free studies run an eighth of a batch's chains at once and refill the lanes:
+#: every chain at once, the loop waits for the slowest chain (whose warmup can take twice
+#: the median's gradients). On radon-sized data sets (``benchmarks/study.py``, 150 + 100
+#: iterations, 1024 chains) the useful-leapfrog fraction is 0.61 with a quarter of the
+#: chains at once, 0.80 with an eighth (3.2 data sets/s, the most) and 0.89 with a
+#: sixteenth (2.7 data sets/s: fewer lanes, the same fixed cost per iteration).
+REFILL = 8
 #: ... but never fewer lanes than this (or all chains, if fewer): a loop iteration costs
 #: about the same for a few lanes as for one, so a small batch gains nothing from refilling.
 MIN_LANES = 64
