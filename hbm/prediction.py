@@ -37,9 +37,19 @@ In new data a grouping key holds, for every observation, either
   a hand-written non-centered ``theta_z`` that a deterministic maps to the effects), and
   one entry
   per new group is drawn from it. Observations of the same new group share that entry.
+- ``"fitted_gaussian"``: a draw from the Gaussian with the mean and covariance of that
+  draw's fitted groups' entries: the spread the fitted groups actually show, whatever
+  the node's family (a heavy-tailed or skewed population, a hand-written non-centered
+  node); all entries of a group (its intercept and slope, ...) are drawn jointly. Needs
+  at least two fitted groups.
 - ``"mean"``: the population location of that distribution (its ``loc`` for the
   location-scale families, else its mean): the prediction for an "average" new group.
 - ``"error"``: raise :class:`hbm.errors.DataError` naming the unknown labels (or codes).
+
+In brms's terms (``sample_new_levels``), ``"sample"`` is ``"gaussian"`` (the normal
+implied by the group-level sds and correlations, per draw) and ``"error"`` is
+``allow_new_levels = FALSE``; brms's ``"uncertainty"`` (an existing level's effects at
+random) is not offered.
 
 The parameter arrays are extended with one entry per new group along the group axis,
 the codes are remapped to ``J, J+1, ...``, and the likelihood is evaluated on the
@@ -77,7 +87,7 @@ from hbm.model import _as_data_dict, _convert_leaf, _Data, _node_fn, _Params
 
 __all__ = ["prior_predictive", "predict", "posterior_predictive_draws", "NEW_GROUP_MODES"]
 
-NEW_GROUP_MODES = ("sample", "mean", "error")
+NEW_GROUP_MODES = ("sample", "fitted_gaussian", "mean", "error")
 """How :func:`predict` treats groups that were not in the fitted data."""
 
 _BATCH = 256  # posterior draws per vectorized batch
@@ -258,7 +268,8 @@ def _prepare_data(model, fit_data: dict, data, new_groups: str, observed=()):
     if groups and new_groups == "error":
         named = "; ".join(f"'{dim}': {new}" for dim, (_, new) in groups.items())
         raise DataError(f"the new data name groups that were not fitted ({named}); pass "
-                        "new_groups='sample' or 'mean' to predict for new groups")
+                        "new_groups='sample', 'fitted_gaussian' or 'mean' to predict "
+                        "for new groups")
     for key, value in fit_data.items():
         if key in converted or key in observed:
             continue
@@ -325,12 +336,34 @@ def _one_draw_fn(model, nodes, new_groups):
             rows = _rows_like_first(d, axis, n_new)
             if new_groups == "sample":
                 value = rows.sample(jax.random.fold_in(node_key, i))
+            elif new_groups == "fitted_gaussian":
+                value = _fitted_gaussian_draw(jax.random.fold_in(node_key, i),
+                                              params[name], axis, n_new)
             else:
                 value = _population_location(rows)
             value = jnp.asarray(value, dtype=params[name].dtype)
             extended[name] = jnp.concatenate([params[name], value], axis=axis)
         return _sample_likelihood(model, extended, data, lik_key)
     return one
+
+
+def _fitted_gaussian_draw(key, fitted, axis: int, n_new: int):
+    """``n_new`` entries along ``axis`` drawn from the Gaussian with the mean and
+    covariance (over ``axis``, the groups) of the fitted entries: each group's entries
+    (all other axes, flattened) are one vector. The covariance's square root comes from
+    its eigendecomposition, so a singular covariance (fewer groups than entries per
+    group, or a constant entry) is fine."""
+    values = jnp.moveaxis(jnp.asarray(fitted), axis, 0)
+    groups, rest = values.shape[0], values.shape[1:]
+    flat = values.reshape(groups, -1)
+    mean = jnp.mean(flat, axis=0)
+    centered = flat - mean
+    covariance = centered.T @ centered / (groups - 1)
+    eigenvalues, eigenvectors = jnp.linalg.eigh(covariance)
+    root = eigenvectors * jnp.sqrt(jnp.maximum(eigenvalues, 0.0))
+    z = jax.random.normal(key, (n_new, flat.shape[1]), flat.dtype)
+    draws = (mean + z @ root.T).reshape((n_new,) + rest)
+    return jnp.moveaxis(draws, 0, axis)
 
 
 def posterior_predictive_draws(fit, data, new_groups: str, draws,
@@ -369,6 +402,11 @@ def posterior_predictive_draws(fit, data, new_groups: str, draws,
     flat = {name: jnp.asarray(v.reshape((chains * kept,) + v.shape[2:]))
             for name, v in posterior.items()}
     nodes = _group_nodes(model, fit_data, flat, groups)
+    if new_groups == "fitted_gaussian":
+        few = {dim: n for dim, (n, _) in groups.items() if n < 2}
+        if few:
+            raise DataError(f"new_groups='fitted_gaussian' needs at least two fitted groups "
+                            f"to estimate their covariance; {few} has fewer")
 
     one = _one_draw_fn(model, nodes, new_groups)
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), chains * kept)
@@ -400,9 +438,12 @@ def predict(fit, data=None, *, new_groups: str = "sample", draws: int | None = N
         :func:`hbm.formula`, a DataFrame of new rows with the formula's columns (as
         brms's ``newdata``), turned into data by ``model.formula_spec.new_data``; its
         grouping columns hold level labels, so levels not seen in fitting are new groups.
-    new_groups : {"sample", "mean", "error"}, default "sample"
-        What a group not seen in fitting gets: a fresh draw from the fitted hierarchy per
-        posterior draw, the population location, or a :class:`hbm.errors.DataError`.
+    new_groups : {"sample", "fitted_gaussian", "mean", "error"}, default "sample"
+        What a group not seen in fitting gets, per posterior draw: a fresh draw from the
+        fitted hierarchy (brms's ``sample_new_levels = "gaussian"``), a draw from the
+        Gaussian with the mean and covariance of the fitted groups' effects, the
+        population location, or a :class:`hbm.errors.DataError` (see the module
+        docstring).
     draws : int, optional
         Posterior draws per chain to use, evenly spaced; all by default.
     seed : int, default 0

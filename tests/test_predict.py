@@ -382,3 +382,48 @@ def test_to_arviz_gains_prediction_groups(prior_fit):
     idata = prior_fit.to_arviz()
     groups = idata.groups() if callable(idata.groups) else idata.children  # ArviZ 0.x / 1.x
     assert "posterior_predictive" in groups and "predictions" in groups
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_new_groups_from_the_fitted_groups_gaussian(seed):
+    """new_groups="fitted_gaussian": per draw, a new county's (intercept, slope) is drawn
+    from the Gaussian with the mean and covariance of that draw's 85 fitted county
+    effects (z-tests of the standardized residuals, fixed seeds)."""
+    model, data = hbm.models.radon_varying_intercept_slope()
+    draws = correlated_draws(1000, len(model.coords["county"]), seed=seed)
+    draws["county_effect"] = draws["county_effect"] * np.array([1.0, 3.0]) + 0.4  # moved
+    fit = fit_from_draws(model, data, draws)
+    new = {"county": ["N1", "N1", "N2"], "floor": [0.0, 1.0, 1.0]}
+    y = fit.predict(new, new_groups="fitted_gaussian", seed=9)["y"]
+    post = fit.posterior
+    effects = post["county_effect"]  # (chain, draw, county, 2)
+    mean = effects.mean(axis=2)
+    centered = effects - mean[..., None, :]
+    cov = np.einsum("...gi,...gj->...ij", centered, centered) / (effects.shape[2] - 1)
+    b0, b1 = post["beta"][..., 0], post["beta"][..., 1]
+    s2 = post["sigma"] ** 2
+    c00, c01, c11 = cov[..., 0, 0], cov[..., 0, 1], cov[..., 1, 1]
+    r0 = y[..., 0] - b0 - mean[..., 0]
+    r1 = y[..., 1] - b0 - b1 - mean[..., 0] - mean[..., 1]
+    assert abs(z_mean(r0 / np.sqrt(c00 + s2))) < Z
+    assert abs(z_chi2(r0 / np.sqrt(c00 + s2))) < Z
+    assert abs(z_chi2(r1 / np.sqrt(c00 + 2 * c01 + c11 + s2))) < Z
+    assert abs(z_chi2((r1 - r0) / np.sqrt(c11 + 2 * s2))) < Z      # shared intercept
+    r2 = y[..., 2] - b0 - b1 - mean[..., 0] - mean[..., 1]            # another new group
+    assert abs(z_mean((r2 - r1) / np.sqrt(2 * (c00 + 2 * c01 + c11 + s2)))) < Z
+    # the hierarchy's own distribution ("sample") has mean 0, not the fitted groups' 0.4:
+    # the two modes differ detectably
+    ys = fit.predict(new, seed=9)["y"]
+    assert abs(z_mean((ys[..., 0] - b0 - mean[..., 0]) / np.sqrt(c00 + s2))) > Z
+
+
+def test_fitted_gaussian_needs_two_fitted_groups():
+    model = hbm.Model(
+        prior={"tau": dist.HalfNormal(1.0),
+               "effect": lambda p, d: dist.Normal(0.0, p["tau"]).expand((1,))},
+        likelihood=lambda p, d: {"y": dist.Normal(p["effect"][d["g"]], 0.5)},
+        dims={"effect": ("g",)}, coords={"g": ["a"]})
+    data = {"y": np.array([0.1, 0.3]), "g": np.array([0, 0], dtype=np.int32)}
+    fit = fit_from_draws(model, data, {"tau": np.full(10, 0.5), "effect": np.zeros((10, 1))})
+    with pytest.raises(DataError, match="at least two fitted groups"):
+        fit.predict({"g": ["b"]}, new_groups="fitted_gaussian")
