@@ -38,7 +38,9 @@ run at a time, and a slot whose member has made its last transition takes the ne
 not yet started (its key, start and data) in the same iteration; draws are written per
 member, so they do not depend on the slot (a work queue; the makespan is the total work
 over the slots plus at most one member's, Graham 1969, "Bounds on multiprocessing timing
-anomalies").
+anomalies"). That one member is the tail: once no member waits and at most a quarter of
+the slots still run, the running ones move to a loop a quarter as wide (down to 16
+lanes), so the tail's iterations cost a quarter as much (with the same draws).
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ class LockstepFreeResult(NamedTuple):
     infos : :class:`~hbm.samplers.nuts.NUTSInfo`, each field with leading axes
         (members, num_transitions).
     loop_iterations : iterations of the shared loop (= batched gradient evaluations).
-    useful_leapfrog_fraction : ``sum(num_steps) / (members * loop_iterations)``.
+    useful_leapfrog_fraction : ``sum(num_steps)`` over the lanes' iterations
+        (``members * loop_iterations`` without refilling).
     """
 
     positions: jax.Array
@@ -117,8 +120,8 @@ class LockstepFreeChains(NamedTuple):
     warmup_steps, warmup_divergences : (members,) leapfrog steps and divergent
         transitions of warmup.
     loop_iterations : iterations of the shared loop (= batched gradient evaluations).
-    useful_leapfrog_fraction : all members' leapfrog steps, warmup included, over
-        ``members * loop_iterations``.
+    useful_leapfrog_fraction : all members' leapfrog steps, warmup included, over the
+        lanes' iterations (``members * loop_iterations`` without refilling).
     """
 
     positions: jax.Array
@@ -192,7 +195,8 @@ def run_lockstep_free(
     slots
         How many members run at once (default: all). With fewer slots than members, a
         slot whose member is done takes the next one (see the module docstring); the
-        draws do not change, and ``useful_leapfrog_fraction`` is over ``slots``.
+        draws do not change, and ``useful_leapfrog_fraction`` is over the slots'
+        iterations (fewer in a compacted tail, see the module docstring).
 
     Returns
     -------
@@ -296,7 +300,8 @@ def run_lockstep_free_chains(
         How many members run at once (default: all). With fewer, a slot whose member has
         made its last transition takes the next member not yet started, so the loop
         waits for the slowest members only once, at the end (the draws do not change;
-        ``useful_leapfrog_fraction`` is over ``slots``).
+        ``useful_leapfrog_fraction`` is over the slots' iterations, fewer in a
+        compacted tail).
 
     Returns
     -------
@@ -503,114 +508,150 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
         return (_where(taken, fresh, slot),
                 next_member + jnp.sum(taken, dtype=jnp.int32))
 
-    def end_transitions(size):
-        """The loop's work where at most ``size`` slots ended a transition: gather those
-        slots (``size`` of them, padded with an out-of-range index), record their draws,
-        adapt (in warmup), start their next transitions and scatter them back."""
-        def run(operand):
-            slot, outputs, finished = operand
-            index = jnp.nonzero(finished, size=size, fill_value=slots)[0]
-            valid = index < slots
-            safe = jnp.where(valid, index, 0)
+    def build_iteration(slots):
+        """The loop body for ``slots`` lanes (a narrower one after the tail is
+        compacted)."""
+        def end_transitions(size):
+            """The loop's work where at most ``size`` slots ended a transition: gather those
+            slots (``size`` of them, padded with an out-of-range index), record their draws,
+            adapt (in warmup), start their next transitions and scatter them back."""
+            def run(operand):
+                slot, outputs, finished = operand
+                index = jnp.nonzero(finished, size=size, fill_value=slots)[0]
+                valid = index < slots
+                safe = jnp.where(valid, index, 0)
 
-            def gather(tree):
-                return jax.tree.map(lambda a: a[safe], tree)
+                def gather(tree):
+                    return jax.tree.map(lambda a: a[safe], tree)
 
-            def scatter(tree, values):
-                return jax.tree.map(lambda a, v: a.at[index].set(v, mode="drop"),
-                                    tree, values)
+                def scatter(tree, values):
+                    return jax.tree.map(lambda a, v: a.at[index].set(v, mode="drop"),
+                                        tree, values)
 
-            state, chains, slot_keys = gather(slot.state), gather(slot.chains), slot.keys[safe]
-            member = slot.member[safe]
-            member_data = None if data is None else gather(slot.data if refills else data)
-            transition = state.transition
-            new_states, new_infos = jax.vmap(finish)(state, chains)
-            in_warmup = transition < num_warmup
-            # one scatter per buffer: (member, row) where a draw is made, out of bounds
-            # (and dropped) elsewhere
-            sampled = valid & ~in_warmup
-            member_or_none = jnp.where(sampled, member, members)
-            row = jnp.clip(transition - num_warmup, 0, num_draws - 1)
+                state, chains = gather(slot.state), gather(slot.chains)
+                slot_keys = slot.keys[safe]
+                member = slot.member[safe]
+                member_data = (None if data is None
+                               else gather(slot.data if refills else data))
+                transition = state.transition
+                new_states, new_infos = jax.vmap(finish)(state, chains)
+                in_warmup = transition < num_warmup
+                # one scatter per buffer: (member, row) where a draw is made, out of bounds
+                # (and dropped) elsewhere
+                sampled = valid & ~in_warmup
+                member_or_none = jnp.where(sampled, member, members)
+                row = jnp.clip(transition - num_warmup, 0, num_draws - 1)
 
-            def write(buffer, value):
-                return buffer.at[member_or_none, row].set(value, mode="drop")
+                def write(buffer, value):
+                    return buffer.at[member_or_none, row].set(value, mode="drop")
 
-            warming = valid & in_warmup
-            warm_member = jnp.where(warming, member, members)
-            outputs = outputs._replace(
-                positions=write(outputs.positions, new_states.position),
-                logdensity=write(outputs.logdensity, new_states.logdensity),
-                infos=jax.tree.map(write, outputs.infos, new_infos),
-                warmup_steps=outputs.warmup_steps.at[warm_member].add(
-                    new_infos.num_steps, mode="drop"),
-                warmup_divergences=outputs.warmup_divergences.at[warm_member].add(
-                    new_infos.is_divergent.astype(jnp.int32), mode="drop"))
+                warming = valid & in_warmup
+                warm_member = jnp.where(warming, member, members)
+                outputs = outputs._replace(
+                    positions=write(outputs.positions, new_states.position),
+                    logdensity=write(outputs.logdensity, new_states.logdensity),
+                    infos=jax.tree.map(write, outputs.infos, new_infos),
+                    warmup_steps=outputs.warmup_steps.at[warm_member].add(
+                        new_infos.num_steps, mode="drop"),
+                    warmup_divergences=outputs.warmup_divergences.at[warm_member].add(
+                        new_infos.is_divergent.astype(jnp.int32), mode="drop"))
 
-            moved = chains._replace(hmc_state=new_states)
-            if hasattr(moved, "iteration"):
-                moved = moved._replace(iteration=chains.iteration + 1)
-            if adaptation is not None and num_warmup > 0:
-                adapting = jax.vmap(adapted, in_axes=(0, 0, 0, 0, 0, data_axes))(
-                    slot_keys, chains, new_states, new_infos, transition, member_data)
-                moved = _where(in_warmup, adapting, moved)
-            restarted = jax.vmap(start)(slot_keys, transition + 1, moved, state.trajectory)
-            slot = slot._replace(state=scatter(slot.state, restarted),
-                                 chains=scatter(slot.chains, moved))
-            completed = valid & (transition + 1 == total)  # the member's last transition
-            if refills:  # keep the final chain states of members that are done
-                final = jnp.where(completed, member, members)
-                outputs = lax.cond(jnp.any(completed), lambda o: o._replace(
-                    chains=jax.tree.map(
-                        lambda buffer, value: buffer.at[final].set(value, mode="drop"),
-                        o.chains, moved)), lambda o: o, outputs)
-            done = jnp.zeros((slots,), bool).at[index].set(completed, mode="drop")
-            return slot, outputs, done  # the slots whose member made its last transition
-        return run
+                moved = chains._replace(hmc_state=new_states)
+                if hasattr(moved, "iteration"):
+                    moved = moved._replace(iteration=chains.iteration + 1)
+                if adaptation is not None and num_warmup > 0:
+                    adapting = jax.vmap(adapted, in_axes=(0, 0, 0, 0, 0, data_axes))(
+                        slot_keys, chains, new_states, new_infos, transition, member_data)
+                    moved = _where(in_warmup, adapting, moved)
+                restarted = jax.vmap(start)(slot_keys, transition + 1, moved,
+                                            state.trajectory)
+                slot = slot._replace(state=scatter(slot.state, restarted),
+                                     chains=scatter(slot.chains, moved))
+                completed = valid & (transition + 1 == total)  # the member's last one
+                if refills:  # keep the final chain states of members that are done
+                    final = jnp.where(completed, member, members)
+                    outputs = lax.cond(jnp.any(completed), lambda o: o._replace(
+                        chains=jax.tree.map(
+                            lambda buffer, value: buffer.at[final].set(value, mode="drop"),
+                            o.chains, moved)), lambda o: o, outputs)
+                done = jnp.zeros((slots,), bool).at[index].set(completed, mode="drop")
+                return slot, outputs, done  # the slots whose member is done
+            return run
 
-    # the work of ending transitions is sized by how many slots end one in an iteration:
-    # a few, in a long run (every tree takes several leapfrog steps), so an iteration where
-    # 3 of 64 slots end a transition gathers 8 slots (draws 8 momenta, moves 8 states),
-    # not 64; the rare iteration with more takes every slot
-    small = max(1, slots // _END_FRACTION)
-    ends = [end_transitions(small)] if small < slots else []
-    ends.append(end_transitions(slots))
+        # the work of ending transitions is sized by how many slots end one in an
+        # iteration: a few, in a long run (every tree takes several leapfrog steps), so an
+        # iteration where 3 of 64 slots end a transition gathers 8 slots (draws 8 momenta,
+        # moves 8 states), not 64; the rare iteration with more takes every slot
+        small = max(1, slots // _END_FRACTION)
+        ends = [end_transitions(small)] if small < slots else []
+        ends.append(end_transitions(slots))
 
-    def iteration(carry: _Loop) -> _Loop:
-        slot, outputs = carry.slots, carry.outputs
-        slot_data = slot.data if refills else data
-        running = slot.state.transition < total
-        # a slot whose member is done steps on too (its results are never read): that
-        # saves a select of the whole trajectory state per iteration
-        state = jax.vmap(advance, in_axes=(0, 0, data_axes))(slot.state, slot.chains,
-                                                             slot_data)
-        finished = running & state.trajectory.done
-        operand = (slot._replace(state=state), outputs, finished)
-        if len(ends) == 1:
-            slot, outputs, completed = ends[0](operand)
-        else:  # one two-way conditional: an n-way or nested one makes XLA copy the loop's
-            # buffers every iteration (measured: 3-5x slower)
-            slot, outputs, completed = lax.cond(
-                jnp.sum(finished, dtype=jnp.int32) <= small, ends[0], ends[1], operand)
-        next_member = carry.next_member
-        if refills:
-            slot, next_member = lax.cond(
-                jnp.any(completed) & (next_member < members), refill,
-                lambda s, n, c: (s, n), slot, next_member, completed)
-        return _Loop(slot, outputs._replace(loop_iterations=outputs.loop_iterations + 1),
-                     next_member)
+        def iteration(carry: _Loop) -> _Loop:
+            slot, outputs = carry.slots, carry.outputs
+            slot_data = slot.data if refills else data
+            running = slot.state.transition < total
+            # a slot whose member is done steps on too (its results are never read): that
+            # saves a select of the whole trajectory state per iteration
+            state = jax.vmap(advance, in_axes=(0, 0, data_axes))(slot.state, slot.chains,
+                                                                 slot_data)
+            finished = running & state.trajectory.done
+            operand = (slot._replace(state=state), outputs, finished)
+            if len(ends) == 1:
+                slot, outputs, completed = ends[0](operand)
+            else:  # one two-way conditional: an n-way or nested one makes XLA copy the
+                # loop's buffers every iteration (measured: 3-5x slower)
+                slot, outputs, completed = lax.cond(
+                    jnp.sum(finished, dtype=jnp.int32) <= small, ends[0], ends[1], operand)
+            next_member = carry.next_member
+            if refills:
+                slot, next_member = lax.cond(
+                    jnp.any(completed) & (next_member < members), refill,
+                    lambda s, n, c: (s, n), slot, next_member, completed)
+            iterations = outputs.loop_iterations + 1
+            return _Loop(slot, outputs._replace(loop_iterations=iterations), next_member)
+        return iteration
 
-    def keep_going(carry: _Loop):
-        return jnp.any(carry.slots.state.transition < total)
+    # the tail: once no member is waiting and few lanes are still running, the running
+    # ones move to a loop a quarter as wide (lanes // _TAIL_SHRINK), down to
+    # _TAIL_MIN_LANES, so the last members do not keep every lane's iteration busy
+    widths = [slots]
+    if refills:
+        while widths[-1] // _TAIL_SHRINK >= _TAIL_MIN_LANES:
+            widths.append(widths[-1] // _TAIL_SHRINK)
+    carry = _Loop(slot, outputs, jnp.int32(slots))
+    lane_iterations = jnp.zeros((), dtype)
+    for phase, width in enumerate(widths):
+        narrower = widths[phase + 1] if phase + 1 < len(widths) else None
 
-    final = lax.while_loop(keep_going, iteration,
-                           _Loop(slot, outputs, jnp.int32(slots)))
+        def keep_going(carry: _Loop, narrower=narrower):
+            running = carry.slots.state.transition < total
+            going = jnp.any(running)
+            if narrower is not None:
+                going = going & ~((carry.next_member >= members)
+                                  & (jnp.sum(running, dtype=jnp.int32) <= narrower))
+            return going
+
+        before = carry.outputs.loop_iterations
+        carry = lax.while_loop(keep_going, build_iteration(width), carry)
+        lane_iterations = lane_iterations + width * (
+            carry.outputs.loop_iterations - before).astype(dtype)
+        if narrower is not None:  # the running lanes first, then finished ones
+            running = carry.slots.state.transition < total
+            kept = jnp.argsort(~running, stable=True)[:narrower]
+            carry = carry._replace(slots=jax.tree.map(lambda a: a[kept], carry.slots))
+    final = carry
     outputs = final.outputs
     if not refills:  # slot m ran member m
         outputs = outputs._replace(chains=final.slots.chains)
     useful = ((jnp.sum(outputs.infos.num_steps) + jnp.sum(outputs.warmup_steps))
-              / (slots * outputs.loop_iterations))
+              / lane_iterations)
     return outputs._replace(useful_leapfrog_fraction=useful)
 
+
+#: The tail of a refilled loop shrinks by this factor, while the narrower loop keeps at
+#: least ``_TAIL_MIN_LANES`` lanes (see ``_drive``).
+_TAIL_SHRINK = 4
+_TAIL_MIN_LANES = 16
 
 #: ``slots // _END_FRACTION`` slots are gathered where at most that many end a transition
 #: in an iteration (else every slot); see ``_drive``. 8 measured best of 2-16 slots of 64

@@ -56,6 +56,34 @@ def _runs(metric, schedule, slots=None):
     return reference, free
 
 
+def test_compacted_tail_follows_the_engine(monkeypatch):
+    """Once no member waits and few lanes still run, the running lanes move to a narrower
+    loop (forced here: 4 lanes, then 1): the same draws, warmup counts and final
+    adaptation states, and a useful fraction at least that of the loop that keeps every
+    lane to the end."""
+    import hbm.samplers.lockstep_free as lockstep_free
+
+    (chain, warm, out), wide = _runs("diag_grad", "early", 4)
+    monkeypatch.setattr(lockstep_free, "_TAIL_MIN_LANES", 1)
+    _, free = _runs("diag_grad", "early", 4)
+    np.testing.assert_array_equal(free.infos.num_steps, out["n_steps"])
+    np.testing.assert_array_equal(free.infos.tree_depth, out["tree_depth"])
+    np.testing.assert_array_equal(free.warmup_steps, warm["n_steps"].sum(1))
+    np.testing.assert_array_equal(free.warmup_divergences, warm["diverging"].sum(1))
+    close = dict(rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(free.positions, out["position"], **close)
+    np.testing.assert_allclose(free.logdensity, out["lp"], **close)
+    np.testing.assert_allclose(free.chains.step_size, chain.step_size, **close)
+    np.testing.assert_allclose(free.chains.inverse_mass_matrix,
+                               chain.inverse_mass_matrix, **close)
+    # the same loop iterations, fewer of them on all four lanes
+    assert int(free.loop_iterations) == int(wide.loop_iterations)
+    total = free.warmup_steps.sum() + free.infos.num_steps.sum()
+    assert float(free.useful_leapfrog_fraction) > float(wide.useful_leapfrog_fraction)
+    assert float(free.useful_leapfrog_fraction) > float(total / (4 * free.loop_iterations))
+    assert 0.0 < free.useful_leapfrog_fraction <= 1.0
+
+
 @pytest.mark.parametrize("metric, schedule, slots", [
     ("diag_grad", "early", None), ("diag", "stan", None), ("lowrank", "early", None),
     ("diag_grad", "early", 2)])
