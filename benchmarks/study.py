@@ -19,8 +19,8 @@ chain program with ``hbm.sample``'s default adaptation, keyed as
   ``sum(num_steps) / (members * sum_t max_m num_steps)``, warmup included;
 * lockstep-free: :func:`hbm.samplers.lockstep_free.run_lockstep_free_chains`
   (``build_batched_nuts(..., lockstep_free=True)``) on ``members / --refill`` lanes (a
-  lane whose member is done takes the next member of the batch); useful fraction = all
-  leapfrog steps over ``lanes * loop_iterations``.
+  lane whose member is done takes the next member of the batch, and the tail runs on
+  fewer lanes); useful fraction = all leapfrog steps over the lanes' iterations.
 
 Data sets stream through the compiled programs in batches of ``--batch``; the table
 gives data sets per second (compilation excluded: a first batch compiles), the useful
@@ -155,7 +155,8 @@ class Programs:
                 estimator=estimator, max_tree_depth=settings.max_tree_depth,
                 target_accept=settings.target_accept, data=member_ys, slots=slots)
             used = jnp.sum(result.warmup_steps) + jnp.sum(result.infos.num_steps)
-            return result.positions.mean(1), used, slots * result.loop_iterations
+            # the lanes' iterations (fewer lanes in a compacted tail)
+            return result.positions.mean(1), used, used / result.useful_leapfrog_fraction
 
         self.runs = {"lockstep": jax.jit(lockstep), "lockstep_free": jax.jit(lockstep_free)}
 
@@ -189,7 +190,7 @@ def measure(programs: Programs, family, num_datasets, batch, seed, which):
         out_means, out_used, out_slots = jax.block_until_ready(run(keys, ys))
         means.append(np.asarray(out_means)[: count * programs.chains])
         used += int(out_used)
-        slots += int(out_slots)
+        slots += float(out_slots)
     seconds = time.perf_counter() - start
     return {"datasets_per_s": num_datasets / seconds, "seconds": seconds,
             "useful_fraction": used / slots, "means": np.concatenate(means)}
