@@ -443,26 +443,29 @@ def _compiled_block_convergence(block: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """R-hat and bulk ESS of each column of ``block`` (chain, draw, b): the split chains'
     ranks (and the folded draws' ranks) by NumPy, the rest compiled.
 
-    The block is padded with copies of its first column to a power of two of at least 8
-    columns, so a fit compiles one program per few block widths, not per parameter size
+    The ranks are padded with copies of the first column's to a power of two of at least
+    8 columns, so a fit compiles one program per few block widths, not per parameter size
     (and later processes load them from the persistent compilation cache).
     """
     chains, draws, width = block.shape
     if draws < 4:  # too few to split: undefined, as in ArviZ
         return np.full(width, np.nan), np.full(width, np.nan)
     padded = max(8, 1 << (width - 1).bit_length())
-    if padded > width:
-        block = np.concatenate(
-            [block, np.broadcast_to(block[:, :, :1], (chains, draws, padded - width))],
-            axis=2)
     half = draws // 2
     split = np.concatenate([block[:, :half], block[:, draws - half:]], axis=0)
-    columns = np.moveaxis(split, 2, 0).reshape(padded, -1)  # (k, 2 chains x half)
+    columns = np.moveaxis(split, 2, 0).reshape(width, -1)  # (b, 2 chains x half)
     median = np.median(columns, axis=-1, keepdims=True)
-    shape = (padded,) + split.shape[:2]
-    bulk = np.moveaxis(host_fractional_ranks(columns).reshape(shape), 0, 2)
-    tail = np.moveaxis(host_fractional_ranks(np.abs(columns - median)).reshape(shape), 0, 2)
+    shape = (width,) + split.shape[:2]
+
+    def ranked(values):  # (2 x chains, half, padded): padding repeats the first column
+        ranks = np.moveaxis(host_fractional_ranks(values).reshape(shape), 0, 2)
+        return np.concatenate(
+            [ranks, np.broadcast_to(ranks[:, :, :1], ranks.shape[:2] + (padded - width,))],
+            axis=2)
+
+    bulk, tail = ranked(columns), ranked(np.abs(columns - median))
     invalid = np.isnan(block).any(axis=(0, 1))
+    invalid = np.concatenate([invalid, np.full(padded - width, invalid[0])])
     rhat, ess = _compiled_statistics()(bulk, tail, invalid)
     rhat = np.asarray(rhat, dtype=float)[:width]
     if chains < 2:  # R-hat compares chains: undefined for one, as in ArviZ
@@ -477,7 +480,8 @@ def convergence_by_element(
 
     Both statistics treat each element on its own, so each parameter is read as
     ``(chain, draw, k)`` columns in blocks of at most ``DIAGNOSTICS_BLOCK_BYTES`` of float64
-    (at least one column): the working memory does not grow with the number of parameters,
+    (at least one column; small parameters share a block, so a model with many scalars
+    makes few calls): the working memory does not grow with the number of parameters,
     and pages of a memory-mapped file (``np.memmap``) are dropped from the RSS as soon as
     they are copied. The results equal ArviZ's on the whole posterior.
 
@@ -498,24 +502,39 @@ def convergence_by_element(
     else:
         arviz = load_arviz()
         statistics = lambda block: _block_convergence(arviz, block)  # noqa: E731
-    rhat: dict[str, np.ndarray] = {}
-    ess: dict[str, np.ndarray] = {}
-    for name, array in numeric.items():
-        chain, draw = array.shape[:2]
-        size = int(np.prod(array.shape[2:], dtype=int))
-        columns = _as_columns(array)
-        mapped = _mapped_file(array)
-        width = max(1, DIAGNOSTICS_BLOCK_BYTES // max(1, chain * draw * 8))
-        rhat_flat = np.empty(size)
-        ess_flat = np.empty(size)
-        for start in range(0, size, width):
-            stop = min(size, start + width)
-            block = np.empty((chain, draw, stop - start))
-            _fill_block(block, array, columns, start, mapped)
-            rhat_flat[start:stop], ess_flat[start:stop] = statistics(block)
-            del block
-        rhat[name] = rhat_flat.reshape(array.shape[2:])
-        ess[name] = ess_flat.reshape(array.shape[2:])
+    chain, draw = next(iter(numeric.values())).shape[:2]
+    width = max(1, DIAGNOSTICS_BLOCK_BYTES // max(1, chain * draw * 8))
+    # pieces of at most `width` columns, packed into blocks of at most `width` columns:
+    # many small parameters share one block (one compiled call, one sort per column set)
+    pieces = [(name, start, min(size, start + width))
+              for name, size in ((name, int(np.prod(array.shape[2:], dtype=int)))
+                                 for name, array in numeric.items())
+              for start in range(0, size, width)]
+    flat = {name: (np.empty(int(np.prod(a.shape[2:], dtype=int))),
+                   np.empty(int(np.prod(a.shape[2:], dtype=int))))
+            for name, a in numeric.items()}
+    views = {name: (_as_columns(a), _mapped_file(a)) for name, a in numeric.items()}
+    while pieces:
+        packed, used = [], 0
+        while pieces and used + (pieces[0][2] - pieces[0][1]) <= width:
+            packed.append(pieces.pop(0))
+            used += packed[-1][2] - packed[-1][1]
+        block = np.empty((chain, draw, used))
+        offset = 0
+        for name, start, stop in packed:
+            columns, mapped = views[name]
+            _fill_block(block[:, :, offset:offset + stop - start], numeric[name], columns,
+                        start, mapped)
+            offset += stop - start
+        block_rhat, block_ess = statistics(block)
+        offset = 0
+        for name, start, stop in packed:
+            flat[name][0][start:stop] = block_rhat[offset:offset + stop - start]
+            flat[name][1][start:stop] = block_ess[offset:offset + stop - start]
+            offset += stop - start
+        del block
+    rhat = {name: r.reshape(numeric[name].shape[2:]) for name, (r, _) in flat.items()}
+    ess = {name: e.reshape(numeric[name].shape[2:]) for name, (_, e) in flat.items()}
     return rhat, ess
 
 

@@ -69,11 +69,14 @@ def progress_bar(progress, total, desc):
 
 
 def observed_keys(bound: BoundModel) -> list:
-    """The data keys the likelihood explains (found by tracing it once, abstractly)."""
+    """The data keys the likelihood explains (found by tracing it once, abstractly, per
+    model structure and data shapes, like every compiled program)."""
     model = bound.model
     if model.likelihood is None:
         return []
-    if not hasattr(bound, "_observed_keys"):
+    key = ("observed_keys", bound.signature)
+    cache = model._bind_cache
+    if key not in cache:
         keys = []
 
         def trace(x):
@@ -82,8 +85,8 @@ def observed_keys(bound: BoundModel) -> list:
             return jnp.zeros(())
 
         jax.eval_shape(trace, jnp.zeros(bound.size))
-        bound._observed_keys = keys
-    return bound._observed_keys
+        cache[key] = keys
+    return list(cache[key])
 
 
 def observed(bound: BoundModel) -> dict:

@@ -427,7 +427,12 @@ def _failure_keeping_draws(run, error, checkpoint):
 
 
 def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
-    """The remaining chunks of the current phase, from ``run.done``; returns the state."""
+    """The remaining chunks of the current phase, from ``run.done``; returns the state.
+
+    Without a checkpoint the next chunk is queued before the last one's outputs are read
+    (JAX dispatches asynchronously), so the device does not wait while the host stores
+    draws and updates the progress bar. With one, chunks run one at a time: a checkpoint
+    saves ``run.state`` with the draws made up to it."""
     s = run.settings
     chunk_size, thin = s.chunk_size, s.thin
     if adapt:
@@ -435,49 +440,72 @@ def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
                                               s.metric)
     else:
         schedule = engine.no_adaptation(chunk_size)
-    while run.done < n_iter:
-        start = run.done
-        flags = engine.slice_schedule(schedule, *((start, start + chunk_size) if adapt
-                                                  else (0, chunk_size)))
-        t0 = time.perf_counter()
-        state, out = run.programs.chunk(run.state, keys, jnp.asarray(start),
-                                        jnp.asarray(n_iter), jnp.asarray(adapt), flags,
-                                        run.bound.data, run.weights)
-        n = min(chunk_size, n_iter - start)
-        run.state, run.done = state, start + n
-        new_draws = None
-        if adapt:
-            wanted = ["diverging", "n_steps", "step_size"]
-            if run.phase == "probe":
-                wanted.append("position")
-            out = {k: np.asarray(v)[:, :n]
-                   for k, v in jax.device_get({k: out[k] for k in wanted}).items()}
-            run.stats["divergences"] += int(out["diverging"].sum())
-            run.stats["gradients"] += int(out["n_steps"].sum())
-            run.chunk_times.append((time.perf_counter() - t0, n))
-            if run.phase == "probe":
-                pos = out["position"]
-                run.probe_positions = pos if run.probe_positions is None else np.concatenate(
-                    [run.probe_positions, pos], axis=1)
-            bar.update(n)
-        else:
-            params, stats, loglik = run.programs.emit(out, run.bound.data, run.weights, thin)
-            kept = n // thin
-            new_draws = {group: {k: np.asarray(v)[:, :kept] for k, v in arrays.items()}
-                         for group, arrays in jax.device_get(dict(
-                             posterior=params, sample_stats=stats,
-                             log_likelihood=loglik)).items()}
-            run.buffer.write(new_draws, start // thin)
-            out = new_draws["sample_stats"]
-            run.stats["sampling_divergences"] = run.stats.get(
-                "sampling_divergences", 0) + int(out["diverging"].sum())
-            bar.update(kept)
-        bar.set_postfix(divergences=run.stats["divergences"] if adapt
-                        else run.stats["sampling_divergences"],
-            step_size=f"{float(np.mean(out['step_size'][:, -1])):.3g}")
-        if checkpoint is not None:
-            checkpointing.save(run, checkpoint, new_draws)
+    ahead = checkpoint is None
+    queued = []  # (start, iterations, outputs, state) of chunks dispatched, not yet read
+    read = (run.state, run.done)  # the state after the last chunk read, and its count
+    last_read = time.perf_counter()
+    try:
+        while run.done < n_iter or queued:
+            if run.done < n_iter:
+                start = run.done
+                flags = engine.slice_schedule(schedule, *(
+                    (start, start + chunk_size) if adapt else (0, chunk_size)))
+                state, out = run.programs.chunk(run.state, keys, jnp.asarray(start),
+                                                jnp.asarray(n_iter), jnp.asarray(adapt),
+                                                flags, run.bound.data, run.weights)
+                n = min(chunk_size, n_iter - start)
+                run.state, run.done = state, start + n
+                if not adapt:  # constrained on the device, queued before the next chunk
+                    out = run.programs.emit(out, run.bound.data, run.weights, thin)
+                queued.append((start, n, out, state))
+                if ahead and run.done < n_iter and len(queued) < 2:
+                    continue
+            start, n, out, state = queued.pop(0)
+            stats, new_draws = _read_chunk(run, start, n, out, adapt, thin)
+            read = (state, start + n)
+            now = time.perf_counter()
+            if adapt:
+                run.chunk_times.append((now - last_read, n))
+            last_read = now
+            bar.update(n if adapt else n // thin)
+            bar.set_postfix(divergences=run.stats["divergences"] if adapt
+                            else run.stats["sampling_divergences"],
+                            step_size=f"{float(np.mean(stats['step_size'][:, -1])):.3g}")
+            if checkpoint is not None:
+                checkpointing.save(run, checkpoint, new_draws)
+    except BaseException:  # a run that stops keeps the state of its last draws
+        run.state, run.done = read
+        raise
     return run.state
+
+
+def _read_chunk(run, start, n, out, adapt, thin):
+    """Bring one chunk's outputs to the host: warmup counts (and the probe's positions),
+    or the chunk's draws (``out`` is then ``programs.emit``'s) into ``run.buffer``.
+    Returns the chunk's statistics on the host and its draws (``None`` in warmup)."""
+    if adapt:
+        wanted = ["diverging", "n_steps", "step_size"]
+        if run.phase == "probe":
+            wanted.append("position")
+        fetched = {k: np.asarray(v)[:, :n]
+                   for k, v in jax.device_get({k: out[k] for k in wanted}).items()}
+        run.stats["divergences"] += int(fetched["diverging"].sum())
+        run.stats["gradients"] += int(fetched["n_steps"].sum())
+        if run.phase == "probe":
+            pos = fetched["position"]
+            run.probe_positions = pos if run.probe_positions is None else np.concatenate(
+                [run.probe_positions, pos], axis=1)
+        return fetched, None
+    params, stats, loglik = out
+    kept = n // thin
+    new_draws = {group: {k: np.asarray(v)[:, :kept] for k, v in arrays.items()}
+                 for group, arrays in jax.device_get(dict(
+                     posterior=params, sample_stats=stats,
+                     log_likelihood=loglik)).items()}
+    run.buffer.write(new_draws, start // thin)
+    run.stats["sampling_divergences"] = run.stats.get(
+        "sampling_divergences", 0) + int(new_draws["sample_stats"]["diverging"].sum())
+    return new_draws["sample_stats"], new_draws
 
 
 
