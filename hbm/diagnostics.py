@@ -29,6 +29,7 @@ ArviZ is imported lazily, only by the functions that need it; JAX likewise.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import warnings
 from collections.abc import Iterator
@@ -388,34 +389,29 @@ def _block_convergence(arviz, block: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return results[0], results[1]
 
 
+@functools.cache
 def _compiled_statistics():
     """``(bulk ranks, folded ranks, invalid) -> (R-hat, bulk ESS)``, jitted once: the
     normal scores, split R-hat and Geyer ESS of :mod:`hbm.study_diagnostics`."""
-    global _COMPILED_STATISTICS
-    if _COMPILED_STATISTICS is None:
-        import jax
-        import jax.numpy as jnp
-        from jax.scipy.special import ndtri
+    import jax
+    import jax.numpy as jnp
+    from jax.scipy.special import ndtri
 
-        from hbm.study_diagnostics import _BLOM_OFFSET, _ess, _rhat
+    from hbm.study_diagnostics import _BLOM_OFFSET, _ess, _rhat
 
-        def statistics(bulk_ranks, tail_ranks, invalid):
-            size = bulk_ranks.shape[0] * bulk_ranks.shape[1]
+    def statistics(bulk_ranks, tail_ranks, invalid):
+        size = bulk_ranks.shape[0] * bulk_ranks.shape[1]
 
-            def scores(ranks):
-                return ndtri((ranks - _BLOM_OFFSET) / (size - 2 * _BLOM_OFFSET + 1))
+        def scores(ranks):
+            return ndtri((ranks - _BLOM_OFFSET) / (size - 2 * _BLOM_OFFSET + 1))
 
-            bulk = scores(bulk_ranks)
-            rhat_bulk, rhat_tail = _rhat(bulk), _rhat(scores(tail_ranks))
-            rhat = jnp.where(invalid | jnp.isnan(rhat_bulk) | jnp.isnan(rhat_tail),
-                             jnp.nan, jnp.maximum(rhat_bulk, rhat_tail))
-            return rhat, jnp.where(invalid, jnp.nan, _ess(bulk))
+        bulk = scores(bulk_ranks)
+        rhat_bulk, rhat_tail = _rhat(bulk), _rhat(scores(tail_ranks))
+        rhat = jnp.where(invalid | jnp.isnan(rhat_bulk) | jnp.isnan(rhat_tail),
+                         jnp.nan, jnp.maximum(rhat_bulk, rhat_tail))
+        return rhat, jnp.where(invalid, jnp.nan, _ess(bulk))
 
-        _COMPILED_STATISTICS = jax.jit(statistics)
-    return _COMPILED_STATISTICS
-
-
-_COMPILED_STATISTICS = None
+    return jax.jit(statistics)
 
 
 def host_fractional_ranks(values: np.ndarray) -> np.ndarray:

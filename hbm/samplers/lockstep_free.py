@@ -40,7 +40,8 @@ member, so they do not depend on the slot (a work queue; the makespan is the tot
 over the slots plus at most one member's, Graham 1969, "Bounds on multiprocessing timing
 anomalies"). That one member is the tail: once no member waits and at most a quarter of
 the slots still run, the running ones move to a loop a quarter as wide (down to 16
-lanes), so the tail's iterations cost a quarter as much (with the same draws).
+lanes), so the tail's iterations cost a quarter as much (with the same draws). The tail
+is compacted with or without refilling (64 members in 64 slots end in 16).
 """
 
 from __future__ import annotations
@@ -430,6 +431,9 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
     members, dim = chains.hmc_state.position.shape
     slots = members if slots is None else min(int(slots), members)
     refills = slots < members
+    # slots carry their member's index and data when they can change members: refilled,
+    # or moved into a narrower loop for the tail (see below)
+    movable = refills or slots // _TAIL_SHRINK >= _TAIL_MIN_LANES
     dtype = chains.hmc_state.position.dtype
     total = num_warmup + num_draws
     data_axes = None if data is None else 0
@@ -476,7 +480,7 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
 
     slot = _Slots(
         member=jnp.arange(slots, dtype=jnp.int32), keys=keys[:slots],
-        data=first(data) if refills else None, chains=first(chains),
+        data=first(data) if movable else None, chains=first(chains),
         state=jax.vmap(start, in_axes=(0, None, 0))(keys[:slots], jnp.int32(0),
                                                     first(chains)))
     info_shapes = jax.eval_shape(
@@ -532,7 +536,7 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
                 slot_keys = slot.keys[safe]
                 member = slot.member[safe]
                 member_data = (None if data is None
-                               else gather(slot.data if refills else data))
+                               else gather(slot.data if movable else data))
                 transition = state.transition
                 new_states, new_infos = jax.vmap(finish)(state, chains)
                 in_warmup = transition < num_warmup
@@ -568,7 +572,7 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
                 slot = slot._replace(state=scatter(slot.state, restarted),
                                      chains=scatter(slot.chains, moved))
                 completed = valid & (transition + 1 == total)  # the member's last one
-                if refills:  # keep the final chain states of members that are done
+                if movable:  # keep the final chain states of members that are done
                     final = jnp.where(completed, member, members)
                     outputs = lax.cond(jnp.any(completed), lambda o: o._replace(
                         chains=jax.tree.map(
@@ -588,7 +592,7 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
 
         def iteration(carry: _Loop) -> _Loop:
             slot, outputs = carry.slots, carry.outputs
-            slot_data = slot.data if refills else data
+            slot_data = slot.data if movable else data
             running = slot.state.transition < total
             # a slot whose member is done steps on too (its results are never read): that
             # saves a select of the whole trajectory state per iteration
@@ -615,7 +619,7 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
     # ones move to a loop a quarter as wide (lanes // _TAIL_SHRINK), down to
     # _TAIL_MIN_LANES, so the last members do not keep every lane's iteration busy
     widths = [slots]
-    if refills:
+    if movable:
         while widths[-1] // _TAIL_SHRINK >= _TAIL_MIN_LANES:
             widths.append(widths[-1] // _TAIL_SHRINK)
     carry = _Loop(slot, outputs, jnp.int32(slots))
@@ -641,7 +645,7 @@ def _drive(keys, chains, adaptation: _Adaptation | None, data, *, logdensity_fn,
             carry = carry._replace(slots=jax.tree.map(lambda a: a[kept], carry.slots))
     final = carry
     outputs = final.outputs
-    if not refills:  # slot m ran member m
+    if not movable:  # slot m ran member m
         outputs = outputs._replace(chains=final.slots.chains)
     useful = ((jnp.sum(outputs.infos.num_steps) + jnp.sum(outputs.warmup_steps))
               / lane_iterations)
