@@ -433,10 +433,12 @@ def study(model, truth, data=None, *, datasets: int = 100, methods=METHODS, chai
         for the longest tree of the batch at every transition; an eighth of the batch's
         chains run at once, and a lane whose chain is done takes the next one
         (:data:`hbm.batch.REFILL`), so the batch waits for its slowest chains only once.
-        Same keys, same decisions (to rounding). On a 2-core CPU, 64 radon-sized data
-        sets x 4 chains run 2.9x as many data sets per second as with lockstep
-        (``benchmarks/study.py --smoke``); off by default for now, so that the default
-        table is the one the lockstep programs (and ``hbm.sample``) give. The useful
+        Same keys, same decisions (exactly in float64; in float32 rounding can
+        eventually send a chain another way). On a 2-core CPU, radon-sized data sets x 4
+        chains run 2.1-3.2x as many data sets per second as with lockstep (normal
+        family; 1.3-1.6x logistic; ``benchmarks/study.py``). Off by default: its table
+        equals the lockstep one only to rounding, and across device counts too (the
+        lockstep table is the same bit for bit on any placement). The useful
         fraction is ``.info["useful_leapfrog_fraction"]``.
     devices : None, int or sequence of jax.Device
         Where each batch runs: None (default) splits it over every local device, a number
