@@ -355,6 +355,25 @@ def summarize(rows, main_warmup):
 # ---------------------------------------------------------------------- command line
 
 
+def included_rows(paths) -> list:
+    """The rows of earlier runs (``adaptation.json`` or a log of printed rows); a later
+    file's (model, config, warmup) cells replace those of an earlier one."""
+    cells: dict = {}
+    for path in paths:
+        text = Path(path).read_text()
+        try:
+            found = json.loads(text)["rows"]  # an adaptation.json
+        except (json.JSONDecodeError, KeyError, TypeError):  # a log: one row per line
+            found = [json.loads(line) for line in text.splitlines()
+                     if line.startswith("{") and '"model"' in line]
+        found = [r for r in found if "error" not in r]
+        for key in {(r["model"], r["config"], r["warmup"]) for r in found}:
+            cells[key] = []
+        for r in found:
+            cells[(r["model"], r["config"], r["warmup"])].append(r)
+    return [r for group in cells.values() for r in group]
+
+
 def _names(value, known, what, parser):
     if value in ("", "none"):
         return []
@@ -380,7 +399,10 @@ def parse_args(argv=None):
     parser.add_argument("--x64", action="store_true")
     parser.add_argument("--out", default=None, help="folder for adaptation.json")
     parser.add_argument("--include", default=None,
-                        help="an earlier run's adaptation.json whose rows join the tables")
+                        help="earlier runs whose rows join the tables, comma-separated: "
+                             "adaptation.json files or logs of this script's printed rows; "
+                             "a later file's (model, config, warmup) cells replace an "
+                             "earlier one's (with --models none: tables only)")
     args = parser.parse_args(argv)
     args.model_names = _names(args.models, MODELS, "models", parser)
     args.config_names = _names(args.configs, CONFIGS, "configs", parser)
@@ -396,7 +418,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
-    rows = json.loads(Path(args.include).read_text())["rows"] if args.include else []
+    rows = included_rows(args.include.split(",")) if args.include else []
     sizes = dict(chains=args.chains, draws=args.draws)
 
     def record(name, config, seed, warmup, result):
