@@ -67,13 +67,17 @@ def _live_device_bytes_per_chunk(monkeypatch, draws, **kwargs):
 
 
 def test_device_memory_does_not_grow_with_draws(monkeypatch):
+    # the first run of a process keeps a few process-wide constants (48 bytes with x64):
+    # counted as the run's own in the first call only, so measure after one run
+    _live_device_bytes_per_chunk(monkeypatch, 100)
     short = _live_device_bytes_per_chunk(monkeypatch, 100)
     long = _live_device_bytes_per_chunk(monkeypatch, 1000)
     assert len(long) == 20
-    # the same arrays are alive at every chunk, however many draws were made before
+    # the same arrays are alive at every chunk, however many draws were made before (the
+    # next chunk is queued before a chunk's draws are written, except after the last)
     assert max(long) == max(short)
-    assert long[-1] == long[1]
-    draws_bytes = 2 * 1000 * DIM * 4
+    assert len(set(long[1:-1])) == 1 and long[-1] <= long[1]
+    draws_bytes = 2 * 1000 * DIM * jnp.zeros(()).dtype.itemsize  # float64 under x64
     assert max(long) < draws_bytes / 2  # far from holding the draws on the device
 
 
