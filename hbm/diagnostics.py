@@ -28,6 +28,7 @@ ArviZ is imported lazily, only by the functions that need it; JAX likewise.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -502,18 +503,16 @@ def convergence_by_element(
     width = max(1, DIAGNOSTICS_BLOCK_BYTES // max(1, chain * draw * 8))
     # pieces of at most `width` columns, packed into blocks of at most `width` columns:
     # many small parameters share one block (one compiled call, one sort per column set)
-    pieces = [(name, start, min(size, start + width))
-              for name, size in ((name, int(np.prod(array.shape[2:], dtype=int)))
-                                 for name, array in numeric.items())
-              for start in range(0, size, width)]
-    flat = {name: (np.empty(int(np.prod(a.shape[2:], dtype=int))),
-                   np.empty(int(np.prod(a.shape[2:], dtype=int))))
-            for name, a in numeric.items()}
+    sizes = {name: int(np.prod(a.shape[2:], dtype=int)) for name, a in numeric.items()}
+    pieces = collections.deque((name, start, min(size, start + width))
+                               for name, size in sizes.items()
+                               for start in range(0, size, width))
+    flat = {name: (np.empty(size), np.empty(size)) for name, size in sizes.items()}
     views = {name: (_as_columns(a), _mapped_file(a)) for name, a in numeric.items()}
     while pieces:
         packed, used = [], 0
         while pieces and used + (pieces[0][2] - pieces[0][1]) <= width:
-            packed.append(pieces.pop(0))
+            packed.append(pieces.popleft())
             used += packed[-1][2] - packed[-1][1]
         block = np.empty((chain, draw, used))
         offset = 0

@@ -96,8 +96,8 @@ class LockstepFreeResult(NamedTuple):
     infos : :class:`~hbm.samplers.nuts.NUTSInfo`, each field with leading axes
         (members, num_transitions).
     loop_iterations : iterations of the shared loop (= batched gradient evaluations).
-    useful_leapfrog_fraction : ``sum(num_steps)`` over the lanes' iterations
-        (``members * loop_iterations`` without refilling).
+    useful_leapfrog_fraction : ``sum(num_steps)`` over the lanes' iterations (each
+        loop's width times its iterations, summed over the loops of a compacted tail).
     """
 
     positions: jax.Array
@@ -122,7 +122,8 @@ class LockstepFreeChains(NamedTuple):
         transitions of warmup.
     loop_iterations : iterations of the shared loop (= batched gradient evaluations).
     useful_leapfrog_fraction : all members' leapfrog steps, warmup included, over the
-        lanes' iterations (``members * loop_iterations`` without refilling).
+        lanes' iterations (each loop's width times its iterations, summed over the loops
+        of a compacted tail).
     """
 
     positions: jax.Array
