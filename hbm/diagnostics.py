@@ -566,16 +566,39 @@ def _flagged_elements(
     return flagged
 
 
-def _divergence_message(report: DivergenceReport, target_accept: float | None) -> str:
+#: Above this fraction of divergent transitions a float32 run is told about float64.
+FLOAT32_DIVERGENCE_HINT = 0.05
+
+
+def _divergence_message(report: DivergenceReport, target_accept: float | None,
+                        single_precision: bool = False) -> str:
     raise_to = "a value closer to 1 (e.g. 0.95 or 0.99)"
     if target_accept is not None:
         raise_to = f"a value above the {target_accept:g} used (e.g. 0.95 or 0.99)"
-    return (
+    message = (
         f"{report.count} of {report.total} transitions after warmup "
         f"({100 * report.fraction:.1f}%) were divergent; the posterior may be biased. "
         f"Raise target_accept to {raise_to}, or reparameterize the model "
         "(e.g. reparam='noncentered' for hierarchical scales near zero)."
     )
+    if single_precision and report.fraction >= FLOAT32_DIVERGENCE_HINT:
+        # a NaN log density or gradient ends a trajectory as a divergence; in float32 a
+        # Cholesky or solve of a near-singular matrix (a smooth Gaussian-process kernel)
+        # gives one (posteriordb's gp_pois_regr: 40-60% divergent in float32, clean in
+        # float64, benchmarks/adaptation.py)
+        message += (
+            " The run was in float32: if the model factors or inverts a near-singular "
+            "matrix (e.g. a Gaussian-process kernel), run it in float64 with "
+            "jax.config.update('jax_enable_x64', True) before building arrays."
+        )
+    return message
+
+
+def _single_precision(posterior) -> bool:
+    """Whether the draws are float32 or narrower (the run's precision)."""
+    kinds = [np.asarray(v).dtype for v in (posterior or {}).values()]
+    floats = [k for k in kinds if np.issubdtype(k, np.floating)]
+    return bool(floats) and max(k.itemsize for k in floats) <= 4
 
 
 def _treedepth_message(report: TreeDepthReport) -> str:
@@ -618,7 +641,8 @@ def diagnose(fit) -> list[str]:
     if "diverging" in stats:
         report = divergence_report(stats)
         if report.count > 0:
-            messages.append(_divergence_message(report, info.get("target_accept")))
+            messages.append(_divergence_message(report, info.get("target_accept"),
+                                                _single_precision(fit.posterior)))
 
     if "tree_depth" in stats:
         max_depth = info.get("max_tree_depth", DEFAULT_MAX_TREE_DEPTH)

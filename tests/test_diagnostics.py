@@ -367,6 +367,20 @@ def test_divergences_warning_gives_count_percent_and_advice():
     assert len(messages) == 1
 
 
+def test_many_divergences_in_float32_suggest_float64():
+    rng = np.random.default_rng(11)
+    stats = clean_stats(rng)
+    stats["diverging"][:, :60] = True  # 240 of 4000: 6%
+    posterior = clean_posterior(rng)
+    single = {k: v.astype(np.float32) for k, v in posterior.items()}
+    message = only(diagnose(nuts_fit(single, stats)), "240 of 4000 transitions")
+    assert "float32" in message and "jax_enable_x64" in message
+    # the same fit in float64, or a float32 fit with few divergences, is not told
+    assert "float32" not in only(diagnose(nuts_fit(posterior, stats)), "240 of 4000")
+    stats["diverging"][:, 40:] = False  # 160 of 4000: 4%
+    assert "float32" not in only(diagnose(nuts_fit(single, stats)), "160 of 4000")
+
+
 def test_treedepth_warning_uses_max_tree_depth_from_info():
     rng = np.random.default_rng(12)
     stats = clean_stats(rng)

@@ -31,10 +31,12 @@ The estimators:
   the geometric mean ``S = C_g^{-1/2} (C_g^{1/2} C_x C_g^{1/2})^{1/2} C_g^{-1/2}``. The
   eigendirections of ``S`` whose eigenvalues lie outside ``[1/c, c]`` (at most
   ``max_rank`` of them, farthest from 1 on a log scale first) form the low-rank part; the
-  others are set to 1. Memory is bounded: a ring buffer keeps the last ``buffer_size``
-  draws and gradients. For a Gaussian target with exact gradients ``g = -Sigma^{-1} x``
-  the unregularized estimate is exact once the buffer holds more than ``d`` draws
-  (``S C_g S = C_x`` is solved by the true scaled covariance).
+  others are set to 1. While the buffer holds no more draws than dimensions, ``C_x`` and
+  ``C_g`` are singular and ``c`` is a much larger ``undersampled_cutoff``. Memory is
+  bounded: a ring buffer keeps the last ``buffer_size`` draws and gradients. For a
+  Gaussian target with exact gradients ``g = -Sigma^{-1} x`` the unregularized estimate
+  is exact once the buffer holds more than ``d`` draws (``S C_g S = C_x`` is solved by
+  the true scaled covariance).
 
 :func:`initial_inverse_mass` is a gradient-informed first guess, ``1 / |grad log p|`` per
 coordinate (clipped), so that the first trees are not as deep as a unit metric makes them
@@ -275,8 +277,8 @@ def fisher_optimal_covariance(draw_covariance, grad_covariance, floor=0.0):
 
 
 def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: float = 2.0,
-            regularization: float = 1e-3, min_draws: int = 10,
-            init_from_gradient: bool = True) -> MetricAdapter:
+            undersampled_cutoff: float = 100.0, regularization: float = 1e-3,
+            min_draws: int = 10, init_from_gradient: bool = True) -> MetricAdapter:
     """Low-rank plus diagonal inverse mass matrix from draws and gradients.
 
     Parameters
@@ -287,7 +289,19 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
     buffer_size
         Number of most recent draws and gradients kept (memory ``2 * buffer_size * d``).
     eigenvalue_cutoff
-        ``c >= 1``: eigenvalues of the scaled covariance within ``[1/c, c]`` are set to 1.
+        ``c >= 1``: eigenvalues of the scaled covariance within ``[1/c, c]`` are set to 1,
+        once the buffer holds more draws than there are dimensions.
+    undersampled_cutoff
+        The cutoff while the buffer holds at most ``d`` draws. The sample covariances are
+        then singular: a direction the draws span and the gradients do not gets an
+        eigenvalue of about ``sqrt(var / regularization)`` that is noise, not geometry
+        (``radon_varying_intercept_slope``, ``d = 176``, 128 draws: 2.95 ESS per 1000
+        gradients with ``c = 2`` throughout, 4.22 with this at 100; mean of 3 seeds,
+        ``benchmarks/adaptation.py``). 100 is nutpie's cutoff (``nuts-rs``'s
+        ``LowRankSettings``) and gave the best median over the benchmark's posteriors
+        (10 and 30 were tried); it costs small, strongly correlated posteriors whose
+        early windows hold fewer draws than dimensions (diamonds, ``d = 26``: 82 with
+        10, 53-59 with 100).
     regularization
         ``gamma > 0`` added to both scaled covariances (``C + gamma I``); in the scaled
         space the scales are about 1. Directions without data get eigenvalue 1. It shrinks
@@ -307,11 +321,14 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
     max_rank = _check_positive_int("max_rank", max_rank, 1)
     buffer_size = _check_positive_int("buffer_size", buffer_size, 3)
     min_draws = _check_positive_int("min_draws", min_draws, 3)
-    if not eigenvalue_cutoff >= 1.0:
-        raise ConfigurationError(f"eigenvalue_cutoff must be >= 1, got {eigenvalue_cutoff}")
+    for name, value in (("eigenvalue_cutoff", eigenvalue_cutoff),
+                        ("undersampled_cutoff", undersampled_cutoff)):
+        if not value >= 1.0:
+            raise ConfigurationError(f"{name} must be >= 1, got {value}")
     if not regularization > 0.0:
         raise ConfigurationError(f"regularization must be positive, got {regularization}")
     log_cutoff = math.log(eigenvalue_cutoff)
+    log_undersampled_cutoff = math.log(undersampled_cutoff)
 
     def init(position) -> LowRankState:
         position = jnp.asarray(position)
@@ -357,7 +374,7 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
 
         distance = jnp.abs(jnp.log(values))
         order = jnp.argsort(-distance)[: min(max_rank, width)]
-        keep = distance[order] > log_cutoff
+        keep = distance[order] > jnp.where(num > dim, log_cutoff, log_undersampled_cutoff)
         chosen_values = jnp.where(keep, values[order], 1.0)
         # one representation of the metric: columns left at eigenvalue 1 (which do not
         # act) are zero, and each kept column's largest entry is positive (eigenvectors

@@ -162,13 +162,15 @@ def test_lowrank_matches_a_dense_reference(dim, buffer_size, num_draws):
     cov = a @ a.T / dim + 0.05 * np.eye(dim)
     draws, grads = _gaussian_draws(cov, num_draws, seed=4)
     grads = grads + 0.3 * rng.normal(size=grads.shape)  # not a Gaussian's gradients
-    adapter = lowrank(3, buffer_size=buffer_size, eigenvalue_cutoff=1.5, regularization=1e-2,
-                      min_draws=3)
+    adapter = lowrank(3, buffer_size=buffer_size, eigenvalue_cutoff=1.5,
+                      undersampled_cutoff=4.0, regularization=1e-2, min_draws=3)
     estimate = jax.jit(adapter.final)(_feed(adapter, draws, grads))
     assert isinstance(estimate, LowRankInverseMass)
     assert estimate.eigenvectors.shape == (dim, 3) and estimate.eigenvalues.shape == (3,)
     kept = slice(max(0, num_draws - buffer_size), num_draws)
-    reference, rank = _reference_lowrank(draws[kept], grads[kept], 3, 1.5, 1e-2)
+    # with no more draws than dimensions the covariances are singular: the larger cutoff
+    cutoff = 1.5 if min(num_draws, buffer_size) > dim else 4.0
+    reference, rank = _reference_lowrank(draws[kept], grads[kept], 3, cutoff, 1e-2)
     np.testing.assert_allclose(to_dense_inverse_mass(estimate), reference, rtol=1e-7,
                                atol=1e-9 * np.abs(reference).max())
     assert int(np.sum(np.asarray(estimate.eigenvalues) != 1.0)) == rank
@@ -339,6 +341,8 @@ def test_bad_configuration_raises():
         lowrank(2, buffer_size=2)
     with pytest.raises(ConfigurationError, match="eigenvalue_cutoff"):
         lowrank(2, eigenvalue_cutoff=0.5)
+    with pytest.raises(ConfigurationError, match="undersampled_cutoff"):
+        lowrank(2, undersampled_cutoff=0.9)
     with pytest.raises(ConfigurationError, match="regularization"):
         lowrank(2, regularization=0.0)
     with pytest.raises(ConfigurationError, match="min_draws"):

@@ -58,9 +58,9 @@ def test_stan_schedule_default_windows():
 def test_early_schedule_structure():
     num_warmup = 1000
     schedule = early_schedule(num_warmup)
-    metric_end, early_end = 1000 - 150, 300
+    metric_end, early_end = 1000 - 100, 300
     assert schedule.adapt_step_size.all()
-    # the last 15% adapt the step size only
+    # the last 10% adapt the step size only
     for flags in (schedule.accumulate_metric, schedule.switch_estimator,
                   schedule.update_metric, schedule.restart_step_size):
         assert not flags[metric_end:].any()

@@ -127,9 +127,14 @@ def test_fast_leaf_uniform_is_used_and_equals_jax_random_inside_a_trace():
         "float64", (2,), bool(jax.config.jax_threefry_partitionable))
 
 
-def test_stepwise_trajectory_equals_the_nested_one_bit_for_bit():
+def test_stepwise_trajectory_equals_the_nested_one():
     """build_trajectory_stepwise (a while loop of the one-leapfrog trajectory_step) takes
-    the same decisions and returns the same point as build_trajectory."""
+    the same decisions and returns the same point as build_trajectory.
+
+    The two are different compiled programs of the same arithmetic: XLA may contract
+    ``x + eps * v`` into a fused multiply-add in one and not the other (jax 0.10 on this
+    CPU does, for 6 of 300 coordinates: 1 ulp). Every decision must be identical and
+    every value equal to a few ulp; the recursive reference test above is exact."""
     from hbm.samplers import IntegratorState, gaussian_euclidean, velocity_verlet
     from hbm.samplers.trajectory import build_trajectory, build_trajectory_stepwise
 
@@ -152,8 +157,8 @@ def test_stepwise_trajectory_equals_the_nested_one_bit_for_bit():
 
     nested, stepwise = run(build_trajectory), run(build_trajectory_stepwise)
     for field in ("position", "logdensity", "logdensity_grad"):
-        np.testing.assert_array_equal(getattr(stepwise.proposal, field),
-                                      getattr(nested.proposal, field))
+        np.testing.assert_allclose(getattr(stepwise.proposal, field),
+                                   getattr(nested.proposal, field), rtol=1e-12, atol=1e-14)
     for field in ("tree_depth", "num_steps", "is_divergent", "is_turning"):
         np.testing.assert_array_equal(getattr(stepwise, field), getattr(nested, field))
     # the energy reduction may round differently in the two compiled programs
