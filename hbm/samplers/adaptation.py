@@ -56,6 +56,7 @@ _LOG_TARGET_ONE_STEP = float(np.log(0.8))
 _MAX_STEP_SIZE = 1e7
 _MIN_STEP_SIZE = 1e-12
 _MAX_SEARCH_ITERATIONS = 100
+_COLLAPSE_FACTOR = 100.0
 
 
 # ---------------------------------------------------------------- step-size heuristic
@@ -433,6 +434,16 @@ def warmup_adapt(
     Stan's ``adapt_diag_e_nuts::transition``). ``is_last`` (the last warmup iteration)
     switches to the averaged step size unless the search just ran. The flags are
     arguments, so the compiled update does not depend on the length of warmup.
+
+    At a switch of estimators (the early schedule) the step size is searched from the
+    current one, and dual averaging restarts there only if the search's step size is
+    over 100x the current one. Dual averaging remembers: a chain whose step size
+    collapsed in a bad early stretch (a transient metric of range 1e11 from 10 draws)
+    would need about as many iterations again to recover, while its metric, estimated
+    from draws that barely move, stays bad (``hbm.models.sleepstudy`` with
+    ``metric="lowrank"``, seed 0: one chain at step size 1e-6 for good). A healthy
+    chain's step size is never that far below the one-step heuristic's, so its draws
+    are unchanged.
     """
     da_init, da_update, da_final = dual_averaging(target_accept)
     da_state = _select(flags.adapt_step_size,
@@ -454,9 +465,14 @@ def warmup_adapt(
     metric_state = _select(flags.restart_estimator, estimator.restart(metric_state),
                            metric_state)
     restart = flags.restart_step_size
+    # at a switch of estimators, a step size the heuristic finds far larger than the
+    # current one means dual averaging has collapsed (it remembers a bad early stretch):
+    # restart it there
+    check = flags.switch_estimator & ~restart
     searched = _search_step_size(
-        key, hmc_state, logdensity_fn, inverse_mass_matrix, step_size, restart
+        key, hmc_state, logdensity_fn, inverse_mass_matrix, step_size, restart | check
     )
+    restart = restart | (check & (searched > _COLLAPSE_FACTOR * step_size))
     step_size = jnp.where(restart, searched, step_size)
     da_state = _select(restart, da_init(step_size), da_state)
     step_size = jnp.where(is_last & ~restart, da_final(da_state), step_size)

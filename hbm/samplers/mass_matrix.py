@@ -185,7 +185,16 @@ class DiagGradState(NamedTuple):
     grads: WelfordState
 
 
-def _diag_from_variances(draw_variance, grad_variance, count, shrink=True):
+def _gradient_scale(mean_square_grad):
+    """``1 / sqrt(mean(g^2))`` per coordinate (clipped; 1 without a nonzero finite
+    gradient): the scale guess of :func:`initial_inverse_mass` from every gradient seen."""
+    informative = jnp.isfinite(mean_square_grad) & (mean_square_grad > 0)
+    safe = jnp.where(informative, mean_square_grad, 1.0)
+    guess = jnp.clip(1.0 / jnp.sqrt(safe), _RATIO_LOWER, _RATIO_UPPER)
+    return jnp.where(informative, guess, jnp.ones_like(guess))
+
+
+def _diag_from_variances(draw_variance, grad_variance, count, mean_square_grad, shrink=True):
     ratio = jnp.sqrt(draw_variance / grad_variance)
     ratio = jnp.clip(ratio, _RATIO_LOWER, _RATIO_UPPER)
     usable = jnp.isfinite(ratio) & (draw_variance > 0) & (grad_variance > 0) & (count >= 2)
@@ -195,7 +204,11 @@ def _diag_from_variances(draw_variance, grad_variance, count, shrink=True):
     if shrink:
         n = jnp.asarray(count, ratio.dtype)
         ratio = (n / (n + 5.0)) * ratio + 1e-3 * (5.0 / (n + 5.0))
-    return jnp.where(usable, ratio, jnp.ones_like(ratio))
+    # a coordinate the chain did not move in (every transition rejected, or a step size
+    # collapsed far from the typical set) carries no scale information; 1 there can be
+    # many orders too large where gradients are huge (hbm.models.epil, seed 2: a chain
+    # that never left its initial point, |grad| up to 1e9), so the gradients' own scale
+    return jnp.where(usable, ratio, _gradient_scale(mean_square_grad))
 
 
 def diag_grad(*, init_from_gradient: bool = True) -> MetricAdapter:
@@ -204,7 +217,8 @@ def diag_grad(*, init_from_gradient: bool = True) -> MetricAdapter:
     It minimizes, among diagonal metrics, the sample Fisher divergence of the
     preconditioned target from a standard normal (Seyboldt, Carlson & Carpenter 2026,
     arXiv:2603.18845). Streaming Welford variances of the draws and of the gradients; a
-    coordinate without two draws or with a zero variance gets 1, and the estimate is
+    coordinate without two draws or with a zero variance gets the gradients' own scale
+    ``1 / sqrt(mean g^2)`` (1 without a nonzero gradient), and the estimate is
     clipped to ``[1e-10, 1e10]`` and then, from ``n`` draws, shrunk as Stan shrinks its
     windowed variances: ``(n / (n + 5)) * estimate + 1e-3 * 5 / (n + 5)`` (Stan
     Reference Manual, "HMC algorithm parameters"). Without it, a chain that barely moved
@@ -227,7 +241,10 @@ def diag_grad(*, init_from_gradient: bool = True) -> MetricAdapter:
 
     def final(state: DiagGradState):
         # the divisor (n or n - 1) cancels in the ratio
-        return _diag_from_variances(state.draws.m2, state.grads.m2, state.draws.count)
+        count = jnp.maximum(state.grads.count, 1).astype(state.grads.mean.dtype)
+        mean_square_grad = state.grads.mean**2 + state.grads.m2 / count
+        return _diag_from_variances(state.draws.m2, state.grads.m2, state.draws.count,
+                                    mean_square_grad)
 
     def initial(position, logdensity_grad):
         if init_from_gradient:
@@ -350,8 +367,10 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
         n = jnp.maximum(num, 1).astype(dtype)
         draw_centered = weight * (state.draws - jnp.sum(weight * state.draws, 0) / n)
         grad_centered = weight * (state.grads - jnp.sum(weight * state.grads, 0) / n)
+        mean_square_grad = jnp.sum(weight * state.grads**2, 0) / n
         diagonal = _diag_from_variances(  # the paper's scaling, not shrunk
-            jnp.sum(draw_centered**2, 0), jnp.sum(grad_centered**2, 0), num, shrink=False
+            jnp.sum(draw_centered**2, 0), jnp.sum(grad_centered**2, 0), num,
+            mean_square_grad, shrink=False
         )
         scale = jnp.sqrt(diagonal)
         draw_scaled = draw_centered / scale  # (N, d)

@@ -37,7 +37,10 @@ Two schedules:
   (``early_switch_every``) during the first ``early_fraction`` of warmup and long
   (``late_switch_every``) after; no switch happens that would leave the last window
   shorter than its length; the final ``final_fraction`` of warmup adapts the step size
-  only. The step size is searched again once, at the first metric update.
+  only. The step size is searched again at the first metric update; at later switches
+  dual averaging restarts only where the search finds a step size over 100x the current
+  one (a step size that collapsed in a bad early stretch; see
+  :func:`hbm.samplers.adaptation.warmup_adapt`).
 """
 
 from __future__ import annotations

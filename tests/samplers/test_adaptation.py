@@ -176,3 +176,37 @@ def test_warmup_finds_diagonal_mass_of_scale_spread_gaussian():
     assert np.all(np.abs(z) < 4.5), z  # Bonferroni-aware for 100 coordinates
     assert 0.1 < float(step_size) < 2.0
     assert np.isfinite(float(step_size))
+
+
+@pytest.mark.parametrize("current, restarted", [(1e-9, True), (0.5, False)])
+def test_a_collapsed_step_size_restarts_dual_averaging_at_a_switch(current, restarted):
+    """At a switch of estimators (the early schedule), dual averaging is restarted from
+    the heuristic's step size only when that is over 100x the current one: a chain whose
+    step size collapsed in a bad early stretch recovers; a healthy one is left alone."""
+    from types import SimpleNamespace
+
+    from hbm.samplers.adaptation import metric_estimator, warmup_adapt
+    from hbm.samplers.schedules import WarmupSchedule
+
+    logdensity = lambda x: -0.5 * jnp.sum(x**2)
+    estimator = metric_estimator("diag_grad", "early")
+    da_init, _, _ = dual_averaging(0.8)
+    state = warmup_init(jax.random.PRNGKey(0), jnp.array([0.3, -0.2, 0.5]), logdensity,
+                        initial_step_size=current, estimator=estimator)
+    state = state._replace(da_state=da_init(current)._replace(count=jnp.asarray(50)))
+    off = jnp.asarray(False)
+    flags = WarmupSchedule(off, off, jnp.asarray(True), off, off, off)
+    key = jax.random.PRNGKey(3)
+    info = SimpleNamespace(acceptance_rate=jnp.asarray(0.0))
+    after = warmup_adapt(key, state, state.hmc_state, info, logdensity, flags, off,
+                         estimator=estimator)
+    searched = find_reasonable_step_size(key, state.hmc_state, logdensity,
+                                         state.inverse_mass_matrix, current)
+    if restarted:
+        assert float(after.step_size) == float(searched) > 100 * current
+        for got, want in zip(after.da_state, da_init(searched)):
+            np.testing.assert_array_equal(got, want)
+    else:
+        assert float(after.step_size) == current
+        for got, want in zip(after.da_state, state.da_state):
+            np.testing.assert_array_equal(got, want)

@@ -123,6 +123,21 @@ def test_diag_grad_without_enough_draws_is_the_identity():
     np.testing.assert_array_equal(adapter.final(adapter.init(jnp.zeros(3))), np.ones(3))
 
 
+@pytest.mark.parametrize("metric", ["diag_grad", "lowrank"])
+def test_a_coordinate_without_movement_gets_the_gradient_scale(metric):
+    """A chain stuck where gradients are huge must not be given a unit inverse mass in
+    the coordinates it did not move in: there the estimate is 1 / sqrt(mean g^2)."""
+    adapter = diag_grad() if metric == "diag_grad" else lowrank(min_draws=3)
+    rng = np.random.default_rng(0)
+    draws = np.tile(rng.normal(size=(1, 3)), (12, 1))
+    draws[:, 0] += rng.normal(size=12)  # only coordinate 0 moves
+    grads = np.column_stack([-draws[:, 0], np.full(12, 4e6), rng.normal(size=12) * 1e-3 + 1e4])
+    grads[:, 2] = 1e4  # coordinate 2: a constant gradient, no variation either
+    final = adapter.final(_feed(adapter, draws, grads))
+    diagonal = np.asarray(final if metric == "diag_grad" else final.diagonal)
+    np.testing.assert_allclose(diagonal[1:], [1 / 4e6, 1 / 1e4], rtol=1e-12)
+
+
 # ---------------------------------------------------------------- low rank
 
 
