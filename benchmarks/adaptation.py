@@ -402,6 +402,8 @@ def parse_args(argv=None):
                         help="extra warmup lengths for the ESS-per-draw table (hbm only)")
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run are first-seed, ..., first-seed + seeds - 1")
     parser.add_argument("--x64", action="store_true")
     parser.add_argument("--out", default=None, help="folder for adaptation.json")
     parser.add_argument("--include", default=None,
@@ -442,13 +444,13 @@ def main(argv=None):
             continue
         for label in args.config_names:
             for warmup in [args.warmup] + args.short:
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     record(name, label, seed, warmup,
                            run_hbm(name, label, warmup=warmup, seed=seed, **sizes))
         for peer in args.peer_names:
             if not peer_available(peer, name):
                 continue
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 try:
                     result = run_peer(peer, name, warmup=args.warmup, seed=seed, **sizes)
                 except Exception as error:  # a peer failing must not stop the benchmark
