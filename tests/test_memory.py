@@ -32,10 +32,10 @@ def _live_device_bytes_per_chunk(monkeypatch, draws, **kwargs):
     def recording_build(*args, **kw):
         programs = build(*args, **kw)
 
-        def emit(out, data, weights, thin):
+        def emit(out, data, weights, count, thin):
             assert out["position"].shape == (2, 50, DIM)  # one chunk, whatever the draws
             emitted.append(thin)
-            return programs.emit(out, data, weights, thin)
+            return programs.emit(out, data, weights, count, thin)
 
         return programs._replace(emit=emit)
 

@@ -6,14 +6,15 @@ program made here by :func:`build_chain_program`:
 
 * ``init(key, position, data, weights, step_size)`` starts warmup
   (:func:`hbm.samplers.adaptation.warmup_init`) at ``position``.
-* ``run(state, chain_key, start, total, adapt, flags, data, weights)`` runs
-  ``len(flags)`` iterations from iteration ``start`` of a phase of ``total`` iterations
-  as one ``lax.scan``. ``adapt`` is an *unbatched* flag: True runs the adaptation after
+* ``run(state, chain_key, start, total, adapt, flags, data, weights, stop=None)`` runs
+  iterations ``start`` up to ``min(total, stop, start + len(flags))`` (exclusive) of a
+  phase of ``total`` iterations as one loop (a dynamic count: one compiled program
+  serves chunks of any length up to ``len(flags)``). ``adapt`` is an *unbatched* flag: True runs the adaptation after
   each transition (``flags`` is the slice of the warmup schedule, a
   :class:`~hbm.samplers.schedules.WarmupSchedule`, these iterations read), False samples
   with the adapted step size and metric. Warmup and sampling are therefore one compiled
-  program. Iterations at or beyond ``total`` leave the
-  state unchanged (the last chunk of a phase is padded).
+  program. Iterations at or beyond ``total`` are not run: the state is left unchanged
+  and their outputs are zeros (the last chunk of a phase is padded).
 
 The random key of iteration ``i`` is ``fold_in(chain_key, i)``, so draws do not depend on
 the chunk size, the placement of the chains, or on whether a run was interrupted and
@@ -94,7 +95,7 @@ def build_chain_program(logdensity: Callable, settings: KernelSettings = KernelS
             target_accept=target_accept, estimator=estimator,
             initial_step_size=step_size if settings.given_step_size else None)
 
-    def run(state, chain_key, start, total, adapt, flags, data, weights):
+    def run(state, chain_key, start, total, adapt, flags, data, weights, stop=None):
         logdensity_fn = partial(_at, logdensity, data, weights)
         flags = jax.tree.map(jnp.asarray, WarmupSchedule(*flags))
 
@@ -116,22 +117,35 @@ def build_chain_program(logdensity: Callable, settings: KernelSettings = KernelS
                        is_turning=info.is_turning, energy_error=info.energy_error)
             return new, out
 
-        def idle(state):
-            zero = jnp.zeros_like(state.hmc_state.logdensity)
-            out = dict(position=state.hmc_state.position, lp=state.hmc_state.logdensity,
-                       diverging=jnp.bool_(False), tree_depth=jnp.zeros((), jnp.int32),
-                       n_steps=jnp.zeros((), jnp.int32), energy=zero, acceptance_rate=zero,
-                       step_size=state.step_size, is_turning=jnp.bool_(False),
-                       energy_error=zero)
-            return state, out
+        # a loop of min(len(flags), total - start) iterations writing into preallocated
+        # outputs, not a scan whose every iteration is a conditional on ``it < total``:
+        # a conditional copies the whole state in and out (about a tenth of a small
+        # model's sampling time on CPU)
+        length = jnp.shape(flags.adapt_step_size)[0]
+        outputs = _zero_outputs(length, state.hmc_state.position, state.step_size)
 
-        def body(state, i):
-            it = start + i
-            return jax.lax.cond(it < total, lambda s: transition(s, i, it), idle, state)
+        def body(i, carry):
+            state, outputs = carry
+            state, out = transition(state, i, start + i)
+            return state, jax.tree.map(
+                lambda stack, row: jax.lax.dynamic_update_index_in_dim(stack, row, i, 0),
+                outputs, out)
 
-        return jax.lax.scan(body, state, jnp.arange(jnp.shape(flags.adapt_step_size)[0]))
+        end = total if stop is None else jnp.minimum(total, stop)
+        count = jnp.clip(jnp.asarray(end) - start, 0, length)
+        return jax.lax.fori_loop(0, count, body, (state, outputs))
 
     return ChainProgram(init, run)
+
+
+def _zero_outputs(length: int, position, step_size) -> dict:
+    """Zeroed per-iteration outputs of ``run`` (what ``transition`` returns, stacked)."""
+    real = jnp.result_type(step_size)
+    shapes = dict(position=(jnp.shape(position), jnp.result_type(position)),
+                  lp=((), real), diverging=((), jnp.bool_), tree_depth=((), jnp.int32),
+                  n_steps=((), jnp.int32), energy=((), real), acceptance_rate=((), real),
+                  step_size=((), real), is_turning=((), jnp.bool_), energy_error=((), real))
+    return {name: jnp.zeros((length,) + shape, dtype) for name, (shape, dtype) in shapes.items()}
 
 
 def _at(logdensity, data, weights, x):
@@ -180,7 +194,7 @@ def compile_programs(bound, settings: KernelSettings, *, num_chains: int, chain_
                                   metric=metric)
     mapper = chain_mapper(chain_method, num_chains, linear_algebra=linear_algebra)
 
-    def emit_one(out, data, weights, thin):
+    def emit_one(out, data, weights, count, thin):
         kept = {k: v[thin - 1::thin] for k, v in out.items()
                 if k not in ("is_turning", "energy_error")}
         if thin > 1:  # chunks hold whole thinning windows
@@ -192,14 +206,26 @@ def compile_programs(bound, settings: KernelSettings, *, num_chains: int, chain_
             loglik = bound.log_likelihood(params, data) if store_log_likelihood else {}
             return params, loglik
 
-        params, loglik = jax.lax.map(one, kept.pop("position"))
+        # only the ``count // thin`` rows the chunk filled are constrained
+        positions = kept.pop("position")
+        shapes = jax.eval_shape(one, positions[0])
+        stacked = jax.tree.map(lambda a: jnp.zeros(positions.shape[:1] + a.shape, a.dtype),
+                               shapes)
+
+        def body(i, stacked):
+            return jax.tree.map(
+                lambda stack, row: jax.lax.dynamic_update_index_in_dim(stack, row, i, 0),
+                stacked, one(positions[i]))
+
+        params, loglik = jax.lax.fori_loop(0, count // thin, body, stacked)
         return params, kept, loglik
 
     init = jax.jit(mapper(program.init, (0, 0, None, None, None)))
-    chunk = jax.jit(mapper(program.run, (0, 0, None, None, None, None, None, None)))
-    emit = jax.jit(lambda out, data, weights, thin: jax.vmap(
-        partial(emit_one, thin=thin), in_axes=(0, None, None))(out, data, weights),
-        static_argnums=3)
+    chunk = jax.jit(mapper(program.run, (0, 0, None, None, None, None, None, None, None)))
+    emit = jax.jit(lambda out, data, weights, count, thin: jax.vmap(
+        partial(emit_one, thin=thin), in_axes=(0, None, None, None))(out, data, weights,
+                                                                     count),
+        static_argnums=4)
     return Programs(init, chunk, emit)
 
 

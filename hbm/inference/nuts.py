@@ -64,6 +64,7 @@ class NUTSRun:
                                                              "gradients": 0})
     times: dict = dataclasses.field(default_factory=dict)
     chunk_times: list = dataclasses.field(default_factory=list)
+    seconds_per_iteration: float | None = None  # measured, for automatic chunk lengths
 
     def state_treedef(self):
         """The tree structure of the per-chain sampler state (to rebuild it from a
@@ -122,7 +123,7 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
            seed: int = 0, target_accept: float = 0.8, max_tree_depth: int = 10,
            dense_mass: bool = False, reparam="auto", chain_method: str = "auto",
            init=None, progress=True, thin: int = 1, step_size: float | None = None,
-           chunk_size: int = 100, log_likelihood: bool | None = None,
+           chunk_size: int | None = None, log_likelihood: bool | None = None,
            checkpoint: str | None = None, store: str | None = None,
            metric: str | None = None, warmup_schedule: str | None = None,
            _after_warmup=None):
@@ -173,7 +174,11 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
     step_size
         Initial step size (required when ``warmup=0``).
     chunk_size
-        Iterations per compiled chunk (progress updates and host transfers between chunks).
+        Iterations per chunk (progress updates, host transfers and checkpoints happen
+        between chunks). By default chosen as it runs: chunks of about a quarter of a
+        second, at most 1000 iterations and about 64 MiB of draws on the device, so
+        that a fast model does not spend its time between chunks. Draws do not depend on
+        it.
     log_likelihood
         Store the pointwise log likelihood (for LOO); by default when it is not huge.
     checkpoint
@@ -434,29 +439,33 @@ def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
     draws and updates the progress bar. With one, chunks run one at a time: a checkpoint
     saves ``run.state`` with the draws made up to it."""
     s = run.settings
-    chunk_size, thin = s.chunk_size, s.thin
+    thin = s.thin
+    capacity = s.chunk_size or chunk_capacity(run)
     if adapt:
-        schedule = engine.schedule_for_chunks(s.warmup_schedule, n_iter, chunk_size,
-                                              s.metric)
+        schedule = engine.schedule_for_chunks(s.warmup_schedule, n_iter, capacity, s.metric)
     else:
-        schedule = engine.no_adaptation(chunk_size)
+        schedule = engine.no_adaptation(capacity)
     ahead = checkpoint is None
     queued = []  # (start, iterations, outputs, state) of chunks dispatched, not yet read
     read = (run.state, run.done)  # the state after the last chunk read, and its count
     last_read = time.perf_counter()
+    reads = 0
     try:
         while run.done < n_iter or queued:
             if run.done < n_iter:
                 start = run.done
+                n = min(s.chunk_size or _next_chunk_length(run, capacity, thin),
+                        n_iter - start)
                 flags = engine.slice_schedule(schedule, *(
-                    (start, start + chunk_size) if adapt else (0, chunk_size)))
+                    (start, start + capacity) if adapt else (0, capacity)))
                 state, out = run.programs.chunk(run.state, keys, jnp.asarray(start),
                                                 jnp.asarray(n_iter), jnp.asarray(adapt),
-                                                flags, run.bound.data, run.weights)
-                n = min(chunk_size, n_iter - start)
+                                                flags, run.bound.data, run.weights,
+                                                jnp.asarray(start + n))
                 run.state, run.done = state, start + n
                 if not adapt:  # constrained on the device, queued before the next chunk
-                    out = run.programs.emit(out, run.bound.data, run.weights, thin)
+                    out = run.programs.emit(out, run.bound.data, run.weights,
+                                            jnp.asarray(n), thin)
                 queued.append((start, n, out, state))
                 if ahead and run.done < n_iter and len(queued) < 2:
                     continue
@@ -466,6 +475,9 @@ def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
             now = time.perf_counter()
             if adapt:
                 run.chunk_times.append((now - last_read, n))
+            if reads:  # the first read of a phase may include compiling and dispatch
+                run.seconds_per_iteration = (now - last_read) / n
+            reads += 1
             last_read = now
             bar.update(n if adapt else n // thin)
             bar.set_postfix(divergences=run.stats["divergences"] if adapt
@@ -477,6 +489,40 @@ def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
         run.state, run.done = read
         raise
     return run.state
+
+
+#: Chunks of automatic length take about this long (progress updates stay frequent while
+#: the cost between chunks, a millisecond or two, stays below 1%).
+CHUNK_SECONDS = 0.25
+#: The automatic chunk length: at most this many iterations, and at most this many bytes
+#: of per-iteration outputs on the device (at least ``MIN_CHUNK`` iterations).
+MAX_CHUNK, MIN_CHUNK, CHUNK_BYTES = 1000, 100, 64 * 2**20
+
+
+def chunk_capacity(run) -> int:
+    """The iterations a chunk can hold (its compiled output length) when ``chunk_size``
+    is not given: ``MAX_CHUNK``, fewer where a chunk's outputs (positions, constrained
+    draws, pointwise log likelihood, statistics; all chains) would exceed
+    ``CHUNK_BYTES``, never fewer than ``MIN_CHUNK``; a multiple of ``thin``."""
+    s, bound = run.settings, run.bound
+    values = 2 * bound.size + len(engine.STATISTICS)
+    if run.log_likelihood:
+        values += sum(int(np.prod(jnp.shape(bound.data[k]))) for k in observed_keys(bound))
+    per_iteration = s.chains * values * jnp.dtype(jnp.result_type(float)).itemsize
+    capacity = int(np.clip(CHUNK_BYTES // per_iteration, MIN_CHUNK, MAX_CHUNK))
+    return max(s.thin, capacity - capacity % s.thin)
+
+
+def _next_chunk_length(run, capacity: int, thin: int) -> int:
+    """Iterations of the next automatic chunk: about ``CHUNK_SECONDS`` at the measured
+    time per iteration (``MIN_CHUNK`` before there is a measurement), a multiple of
+    ``thin``, at most ``capacity``."""
+    if run.seconds_per_iteration is None:
+        n = MIN_CHUNK
+    else:
+        n = int(CHUNK_SECONDS / max(run.seconds_per_iteration, 1e-9))
+    n = int(np.clip(n, 1, capacity))
+    return max(thin, n - n % thin)
 
 
 def _read_chunk(run, start, n, out, adapt, thin):

@@ -28,7 +28,6 @@ CHAIN_METHODS = ("auto", "vectorized", "sequential", "sharded")
 DEFAULT_METRIC = "diag_grad"
 DEFAULT_WARMUP_SCHEDULE = "early"
 REPARAM_CHOICES = ("centered", "noncentered", "auto")
-_BELOW_2_31 = ("chains", "warmup", "draws", "thin", "chunk_size")
 
 
 def check_int(name: str, value, minimum: int) -> int:
@@ -76,7 +75,7 @@ class SampleSettings:
     max_tree_depth: int = 10
     dense_mass: bool = False
     chain_method: str = "auto"
-    chunk_size: int = 100
+    chunk_size: int | None = None  # None: chosen at run time (hbm.inference.nuts)
     step_size: float | None = None
     log_likelihood: bool | None = None
     reparam: str = "auto"  # "centered", "noncentered", "auto" or "custom" (a dict per node)
@@ -95,12 +94,13 @@ class SampleSettings:
         draws = check_int("draws", draws, 1)
         thin = check_int("thin", thin, 1)
         max_tree_depth = check_int("max_tree_depth", max_tree_depth, 1)
-        chunk_size = check_int("chunk_size", chunk_size, 1)
+        if chunk_size is not None:
+            chunk_size = check_int("chunk_size", chunk_size, 1)
         seed = check_int("seed", seed, 0)
         if seed >= 2**63:
             raise ConfigurationError(f"seed must be below 2**63, got {seed}")
         for name, value in (("chains", chains), ("warmup", warmup), ("draws", draws),
-                            ("thin", thin), ("chunk_size", chunk_size)):
+                            ("thin", thin), ("chunk_size", chunk_size or 0)):
             if value >= 2**31:
                 raise ConfigurationError(f"{name} must be below 2**31, got {value}")
         target_accept = _check_number("target_accept", target_accept)
@@ -131,7 +131,7 @@ class SampleSettings:
         if not isinstance(warmup_schedule, str) or warmup_schedule not in SCHEDULE_NAMES:
             raise ConfigurationError(f"warmup_schedule must be one of {SCHEDULE_NAMES}, got "
                                      f"{warmup_schedule!r}")
-        if thin > 1 and chunk_size % thin:
+        if chunk_size is not None and thin > 1 and chunk_size % thin:
             chunk_size += thin - chunk_size % thin  # chunks hold whole thinning windows
         return cls(chains=chains, warmup=warmup, draws=draws, thin=thin, seed=seed,
                    target_accept=target_accept, max_tree_depth=max_tree_depth,
