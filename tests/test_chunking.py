@@ -11,35 +11,24 @@ import pytest
 
 import hbm
 import hbm.inference.nuts as nuts_driver
-from hbm import dist
 from hbm.inference.settings import SampleSettings
 
-Y = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
-SIGMA = np.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
-DATA = {"y": Y, "sigma": SIGMA}
-
-
 def _schools():
-    return hbm.Model(
-        prior={
-            "mu": dist.Normal(0.0, 5.0),
-            "tau": dist.HalfCauchy(5.0),
-            "theta": lambda p, d: dist.Normal(p["mu"], p["tau"]).expand(d["y"].shape),
-        },
-        likelihood=lambda p, d: {"y": dist.Normal(p["theta"], d["sigma"])},
-    )
+    return hbm.models.eight_schools()
 
 
-def _sample(model, **kwargs):
+def _sample(schools, **kwargs):
+    model, data = schools
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return hbm.sample(model, DATA, chains=2, warmup=60, draws=45, seed=11,
+        return hbm.sample(model, data, chains=2, warmup=60, draws=45, seed=11,
                           progress=False, **kwargs)
 
 
 def test_chunks_of_varying_length_give_the_draws_of_fixed_chunks(monkeypatch):
-    model = _schools()
-    fixed = _sample(model, chunk_size=99, thin=3)
+    schools = _schools()
+    model = schools[0]
+    fixed = _sample(schools, chunk_size=99, thin=3)
     monkeypatch.setattr(nuts_driver, "chunk_capacity", lambda run: 99)
     lengths = itertools.cycle([7, 1, 23, 3, 60])
     seen = []
@@ -50,7 +39,7 @@ def test_chunks_of_varying_length_give_the_draws_of_fixed_chunks(monkeypatch):
         return max(thin, n - n % thin)
 
     monkeypatch.setattr(nuts_driver, "_next_chunk_length", next_length)
-    varying = _sample(model, thin=3)
+    varying = _sample(schools, thin=3)
     assert len(seen) > 5  # the chunks did vary
     for name in ("mu", "tau", "theta"):
         np.testing.assert_array_equal(varying.posterior[name], fixed.posterior[name])
