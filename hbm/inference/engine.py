@@ -42,6 +42,7 @@ from hbm.inference.chains import chain_mapper
 from hbm.inference.settings import KernelSettings
 from hbm.samplers import adaptation
 from hbm.samplers import nuts as nuts_kernel
+from hbm.samplers import threefry
 from hbm.samplers.integrators import velocity_verlet
 from hbm.samplers.metrics import metric_from
 from hbm.samplers.schedules import WarmupSchedule, build_warmup_schedule
@@ -100,7 +101,7 @@ def build_chain_program(logdensity: Callable, settings: KernelSettings = KernelS
         flags = jax.tree.map(jnp.asarray, WarmupSchedule(*flags))
 
         def transition(state, i, it):
-            kernel_key, adapt_key = jax.random.split(jax.random.fold_in(chain_key, it))
+            kernel_key, adapt_key = threefry.split(threefry.fold_in(chain_key, it))
             hmc, info = kernel(kernel_key, state.hmc_state, logdensity_fn, state.step_size,
                                state.inverse_mass_matrix)
             new = jax.lax.cond(

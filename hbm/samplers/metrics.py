@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
 from hbm.errors import ConfigurationError
+from hbm.samplers import threefry
 
 __all__ = [
     "LowRankInverseMass",
@@ -142,7 +143,7 @@ def _lowrank_metric(inverse_mass: LowRankInverseMass) -> Metric:
         return sqrt_diagonal * (q + vectors @ (velocity_weight * (vectors.T @ q)))
 
     def sample_momentum(key, position):
-        z = jax.random.normal(key, jnp.shape(position), jnp.result_type(position))
+        z = threefry.normal(key, jnp.shape(position), jnp.result_type(position))
         return (z + vectors @ (momentum_weight * (vectors.T @ z))) / sqrt_diagonal
 
     def kinetic_energy(momentum):
@@ -215,7 +216,7 @@ def gaussian_euclidean(inverse_mass_matrix: jax.Array) -> Metric:
             return inverse_mass_matrix * momentum
 
         def sample_momentum(key, position):
-            z = jax.random.normal(key, jnp.shape(position), jnp.result_type(position))
+            z = threefry.normal(key, jnp.shape(position), jnp.result_type(position))
             return mass_sqrt * z
 
     elif ndim == 2:
@@ -226,7 +227,7 @@ def gaussian_euclidean(inverse_mass_matrix: jax.Array) -> Metric:
             return inverse_mass_matrix @ momentum
 
         def sample_momentum(key, position):
-            z = jax.random.normal(key, jnp.shape(position), jnp.result_type(position))
+            z = threefry.normal(key, jnp.shape(position), jnp.result_type(position))
             return jsl.solve_triangular(chol, z, lower=True, trans="T")
 
     else:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from hbm.errors import ConfigurationError
 from hbm.samplers.integrators import IntegratorState, velocity_verlet
 from hbm.samplers.metrics import gaussian_euclidean
+from hbm.samplers import threefry
 from hbm.samplers.trajectory import build_trajectory
 
 __all__ = ["HMCState", "NUTSInfo", "init", "build_kernel", "transition_outcome"]
@@ -97,7 +98,7 @@ def build_kernel(max_tree_depth: int = 10, divergence_threshold: float = 1000.0,
     def kernel(key, state: HMCState, logdensity_fn, step_size, inverse_mass_matrix):
         metric_fns = metric(inverse_mass_matrix)
         step_fn = integrator(logdensity_fn, metric_fns.kinetic_energy, metric_fns.velocity)
-        momentum_key, tree_key = jax.random.split(key)
+        momentum_key, tree_key = threefry.split(key)
         momentum = metric_fns.sample_momentum(momentum_key, state.position)
         initial_state = IntegratorState(
             state.position, momentum, state.logdensity, state.logdensity_grad

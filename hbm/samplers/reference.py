@@ -7,7 +7,7 @@ U-turn, plus Stan's two extra checks across the halves. It runs eagerly in Pytho
 (no ``jit`` of the tree, no ``lax`` control flow) and keeps its bookkeeping in NumPy.
 
 It consumes random numbers exactly like :mod:`hbm.samplers.trajectory`: the momentum and
-tree keys are ``split(key)``; doubling ``j`` uses :func:`~hbm.samplers.trajectory.depth_keys`;
+tree keys are ``split(key)``; doubling ``j`` uses :func:`~hbm.samplers.threefry.depth_keys`;
 leaf ``i`` of the new subtree draws its progressive-sampling uniform from
 ``fold_in(leaf_key, i)``. The within-subtree sampling is threaded through the recursion as
 a running proposal, which draws from the same multinomial distribution as Stan's pairwise
@@ -28,7 +28,8 @@ import numpy as np
 from hbm.samplers.integrators import IntegratorState, velocity_verlet
 from hbm.samplers.metrics import gaussian_euclidean
 from hbm.samplers.nuts import HMCState, NUTSInfo
-from hbm.samplers.trajectory import depth_keys, leaf_energy
+from hbm.samplers.threefry import depth_keys
+from hbm.samplers.trajectory import leaf_energy
 
 __all__ = ["reference_kernel"]
 

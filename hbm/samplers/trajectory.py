@@ -45,7 +45,10 @@ step costs one gradient evaluation and ``O(d)`` extra work per completed check.
 Random numbers are indexed, not streamed: the key of depth ``j`` is ``fold_in(key, j)``,
 split into a direction key, a leaf key (leaf ``i`` uses ``fold_in(leaf_key, i)``) and a
 merge key, so the recursive reference in :mod:`hbm.samplers.reference` reproduces the same
-trajectory exactly.
+trajectory exactly (:mod:`hbm.samplers.threefry` computes them, bit for bit, without
+JAX's rolled hash loop). Both builders draw the directions, leaf keys and merge uniforms of
+all depths when the trajectory starts, in one batched hash (about 8% of a transition of a
+10-parameter model, measured against a hash per doubling).
 
 What the step machine does for speed on CPU (XLA fuses cheap scalar logic into every
 consumer, and every array a loop body writes is a kernel launch): the direction and merge
@@ -61,17 +64,16 @@ d), hence it is not the kernel's default.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
-
 import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from hbm.samplers.integrators import IntegratorState
 from hbm.samplers.metrics import Metric
+from hbm.samplers.threefry import draws_by_depth, leaf_uniform
 
 __all__ = [
     "Proposal",
@@ -80,9 +82,7 @@ __all__ = [
     "TrajectoryState",
     "build_trajectory",
     "build_trajectory_stepwise",
-    "depth_keys",
     "leaf_energy",
-    "leaf_uniform",
     "trajectory_init",
     "trajectory_result",
     "trajectory_step",
@@ -126,115 +126,12 @@ class TrajectoryResult(NamedTuple):
     is_turning: jax.Array
 
 
-def depth_keys(key, depth):
-    """The direction, leaf and merge keys of doubling number ``depth``."""
-    direction_key, leaf_key, merge_key = jax.random.split(jax.random.fold_in(key, depth), 3)
-    return direction_key, leaf_key, merge_key
-
-
 def leaf_energy(state: IntegratorState, metric: Metric):
     """Velocity and energy ``H = -log pi(x) + p . M^{-1} p / 2`` of a state (NaN -> inf)."""
     velocity = metric.velocity(state.momentum)
     energy = -state.logdensity + 0.5 * jnp.dot(state.momentum, velocity)
     energy = jnp.where(jnp.isnan(energy), jnp.inf, energy)
     return velocity, energy
-
-
-# ---------------------------------------------------------------- leaf uniforms
-#
-# JAX lowers its Threefry-2x32 hash to a rolled five-iteration loop on CPU, which costs
-# several microseconds per call inside the leapfrog loop. The leaf uniform
-# ``uniform(fold_in(leaf_key, i))`` is therefore computed with an unrolled Threefry-2x32
-# (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3"), bit for bit the
-# value ``jax.random`` returns; a one-off check falls back to ``jax.random`` should the
-# installed JAX derive its bits differently.
-
-_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-
-
-def _rotate_left(x, distance):
-    return (x << np.uint32(distance)) | (x >> np.uint32(32 - distance))
-
-
-def _threefry2x32(key0, key1, count0, count1):
-    """The Threefry-2x32 block cipher with 20 rounds, unrolled (uint32 in, uint32 out)."""
-    keys = (key0, key1, key0 ^ key1 ^ np.uint32(0x1BD11BDA))
-    x0, x1 = count0 + keys[0], count1 + keys[1]
-    for block in range(5):
-        for distance in _THREEFRY_ROTATIONS[block % 2]:
-            x0 = x0 + x1
-            x1 = _rotate_left(x1, distance) ^ x0
-        x0 = x0 + keys[(block + 1) % 3]
-        x1 = x1 + keys[(block + 2) % 3] + np.uint32(block + 1)
-    return x0, x1
-
-
-def _bits_to_unit_float(bits_hi, bits_lo, dtype):
-    """Uniform on [0, 1) from 64 random bits, as ``jax.random.uniform`` maps them."""
-    if jnp.dtype(dtype) == jnp.float64:
-        bits = (bits_hi.astype(jnp.uint64) << np.uint64(32)) | bits_lo.astype(jnp.uint64)
-        mantissa = (bits >> np.uint64(12)) | np.uint64(0x3FF0000000000000)
-        return lax.bitcast_convert_type(mantissa, jnp.float64) - 1.0
-    bits = bits_hi ^ bits_lo
-    mantissa = (bits >> np.uint32(9)) | np.uint32(0x3F800000)
-    return lax.bitcast_convert_type(mantissa, jnp.float32).astype(dtype) - 1.0
-
-
-def _fast_leaf_uniform(leaf_key, index, dtype):
-    key = jnp.asarray(leaf_key, jnp.uint32)
-    zero = jnp.zeros((), jnp.uint32)
-    folded0, folded1 = _threefry2x32(key[0], key[1], zero, jnp.asarray(index).astype(jnp.uint32))
-    bits_hi, bits_lo = _threefry2x32(folded0, folded1, zero, zero)
-    return jnp.maximum(_bits_to_unit_float(bits_hi, bits_lo, dtype), 0.0).astype(dtype)
-
-
-def _jax_leaf_uniform(leaf_key, index, dtype):
-    return jax.random.uniform(jax.random.fold_in(leaf_key, index), dtype=dtype)
-
-
-@functools.lru_cache(maxsize=None)
-def _fast_leaf_uniform_agrees(dtype_name: str, key_shape: tuple, partitionable: bool) -> bool:
-    """Whether the unrolled hash reproduces ``jax.random`` here: checked once per process,
-    and remembered across processes per JAX version and backend
-    (:func:`hbm.compilation_cache.remembered`: the check costs a few tenths of a second of
-    tracing and lowering, a good part of a cached process's start)."""
-    if key_shape != (2,):
-        return False
-    from hbm.compilation_cache import remembered
-
-    return remembered(f"leaf_uniform_agrees {dtype_name} partitionable={partitionable}",
-                      lambda: _check_fast_leaf_uniform(dtype_name))
-
-
-def _check_fast_leaf_uniform(dtype_name: str) -> bool:
-    def both(key, index):
-        return (_jax_leaf_uniform(key, index, dtype_name),
-                _fast_leaf_uniform(key, index, dtype_name))
-
-    try:
-        # one compiled comparison over a grid of keys and indices (eagerly, op by op, the
-        # unrolled hash costs seconds); evaluated now even when called while tracing
-        with jax.ensure_compile_time_eval():
-            keys = jnp.stack([jax.random.PRNGKey(seed) for seed in (0, 1, 12345)])
-            indices = jnp.array([0, 1, 2, 7, 1000], jnp.int32)
-            grid = jax.jit(jax.vmap(jax.vmap(both, (None, 0)), (0, None)))
-            expected, actual = grid(keys, indices)
-            return bool(np.all(np.asarray(expected) == np.asarray(actual)))
-    except Exception:  # noqa: BLE001 - any incompatibility means: use jax.random
-        return False
-
-
-def leaf_uniform(leaf_key, index, dtype):
-    """``jax.random.uniform(jax.random.fold_in(leaf_key, index), dtype=dtype)``, fast."""
-    dtype = jnp.dtype(dtype)
-    key_shape = tuple(jnp.shape(leaf_key))
-    use_fast = (
-        jnp.asarray(leaf_key).dtype == jnp.uint32
-        and _fast_leaf_uniform_agrees(dtype.name, key_shape, bool(jax.config.jax_threefry_partitionable))
-    )
-    if use_fast:
-        return _fast_leaf_uniform(leaf_key, index, dtype)
-    return _jax_leaf_uniform(leaf_key, index, dtype)
 
 
 def _select(predicate, on_true, on_false):
@@ -398,10 +295,8 @@ def trajectory_init(
     dtype = jnp.result_type(position)
     velocity, initial_energy = leaf_energy(initial_state, metric)
     origin = TrajectoryEnd(initial_state, velocity)
-    depths = jnp.arange(max_tree_depth, dtype=jnp.int32)
-    direction_keys, leaf_keys, merge_keys = jax.vmap(lambda j: depth_keys(key, j))(depths)
-    go_right_by_depth = jax.vmap(jax.random.bernoulli)(direction_keys)
-    merge_uniform_by_depth = jax.vmap(lambda k: jax.random.uniform(k, dtype=dtype))(merge_keys)
+    go_right_by_depth, leaf_keys, merge_uniform_by_depth = draws_by_depth(
+        key, max_tree_depth, dtype)
     proposal = Proposal(position, initial_state.logdensity, initial_state.logdensity_grad,
                         initial_energy)
     if storage is not None:
@@ -890,13 +785,13 @@ def build_trajectory(
     dtype = jnp.result_type(position)
     velocity, initial_energy = leaf_energy(initial_state, metric)
     origin = TrajectoryEnd(initial_state, velocity)
+    by_depth = draws_by_depth(key, max_tree_depth, dtype)
 
     def cond(carry: _TrajectoryCarry):
         return (carry.depth < max_tree_depth) & ~carry.is_divergent & ~carry.is_turning
 
     def body(carry: _TrajectoryCarry) -> _TrajectoryCarry:
-        direction_key, leaf_key, merge_key = depth_keys(key, carry.depth)
-        go_right = jax.random.bernoulli(direction_key)
+        go_right, leaf_key, merge_uniform = (a[carry.depth] for a in by_depth)
         direction = jnp.where(go_right, 1.0, -1.0).astype(dtype)
         start = _select(go_right, carry.right, carry.left)
         far_old = _select(go_right, carry.left, carry.right)
@@ -915,8 +810,7 @@ def build_trajectory(
         valid = ~subtree.is_divergent & ~subtree.is_turning
 
         # biased progressive sampling between the old trajectory and the new subtree
-        uniform = jax.random.uniform(merge_key, dtype=dtype)
-        take = valid & (uniform < jnp.exp(subtree.log_weight - carry.log_weight))
+        take = valid & (merge_uniform < jnp.exp(subtree.log_weight - carry.log_weight))
         proposal = _select(take, subtree.proposal, carry.proposal)
         log_weight = jnp.where(
             valid, jnp.logaddexp(carry.log_weight, subtree.log_weight), carry.log_weight

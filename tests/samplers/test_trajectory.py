@@ -110,7 +110,7 @@ def test_deep_trees_agree_at_default_depth():
 
 
 def test_fast_leaf_uniform_is_used_and_equals_jax_random_inside_a_trace():
-    from hbm.samplers import trajectory
+    from hbm.samplers import threefry as trajectory
 
     trajectory._fast_leaf_uniform_agrees.cache_clear()
 
@@ -125,6 +125,35 @@ def test_fast_leaf_uniform_is_used_and_equals_jax_random_inside_a_trace():
     np.testing.assert_array_equal(got, expected)
     assert trajectory._fast_leaf_uniform_agrees(
         "float64", (2,), bool(jax.config.jax_threefry_partitionable))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_fast_depth_draws_are_used_and_equal_jax_random(dtype):
+    """The doubling's direction, leaf key and merge uniform from the unrolled hash are
+    bit for bit ``bernoulli`` / ``depth_keys`` / ``uniform`` of jax.random, over many
+    keys and every depth; and the fast path is the one taken here."""
+    from hbm.samplers import threefry as trajectory
+
+    trajectory._fast_depth_draws_agree.cache_clear()
+    keys = jax.random.split(jax.random.PRNGKey(7), 64)
+    depths = jnp.arange(16, dtype=jnp.int32)
+
+    def draws(fn):
+        return jax.jit(jax.vmap(jax.vmap(lambda k, j: fn(k, j, dtype), (None, 0)),
+                                (0, None)))(keys, depths)
+
+    fast = draws(trajectory._fast_depth_draws)
+    expected = draws(trajectory._jax_depth_draws)
+    used = draws(trajectory.depth_draws)
+    by_depth = jax.jit(jax.vmap(lambda k: trajectory.draws_by_depth(k, 16, dtype)))(keys)
+    for got in (fast, used, by_depth):
+        for a, b in zip(got, expected):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+    assert 0.3 < float(np.mean(expected[0])) < 0.7  # directions do vary
+    assert trajectory._fast_depth_draws_agree(
+        jnp.dtype(dtype).name, (2,), bool(jax.config.jax_threefry_partitionable),
+        bool(jax.config.jax_enable_x64))
 
 
 def test_stepwise_trajectory_equals_the_nested_one():
