@@ -28,7 +28,7 @@ import numpy as np
 from hbm.samplers.integrators import IntegratorState, velocity_verlet
 from hbm.samplers.metrics import gaussian_euclidean
 from hbm.samplers.nuts import HMCState, NUTSInfo
-from hbm.samplers.threefry import depth_keys
+from hbm.samplers.threefry import depth_keys, direction_from_key
 from hbm.samplers.trajectory import leaf_energy
 
 __all__ = ["reference_kernel"]
@@ -56,7 +56,7 @@ def _leaf_uniforms(leaf_key, num_leaves):
 @jax.jit
 def _depth_randomness(tree_key, depth):
     direction_key, leaf_key, merge_key = depth_keys(tree_key, depth)
-    go_right = jax.random.bernoulli(direction_key)
+    go_right = direction_from_key(direction_key)
     return go_right, leaf_key, jax.random.uniform(merge_key, dtype=jnp.float64)
 
 

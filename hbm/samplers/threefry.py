@@ -2,25 +2,23 @@
 
 The trajectory's randomness is indexed, not streamed (see :mod:`hbm.samplers.trajectory`):
 doubling ``j`` of a tree with key ``k`` uses ``depth_keys(k, j)``, its direction is
-``bernoulli`` of the first, leaf ``i`` of its subtree draws ``uniform(fold_in(leaf_key,
+:func:`direction_from_key` of the first, leaf ``i`` of its subtree draws ``uniform(fold_in(leaf_key,
 i))`` and its merge ``uniform`` of the third. JAX lowers its Threefry-2x32 hash to a
 rolled five-iteration loop on CPU, several kernel launches per call, and a transition
 makes a dozen such calls besides its leaves. :func:`leaf_uniform` and :func:`depth_draws`
 compute the same values with an unrolled Threefry-2x32 (Salmon et al. 2011, "Parallel
-random numbers: as easy as 1, 2, 3"): a one-off check per JAX version, backend, dtype and
-key scheme compares them with ``jax.random`` and falls back to it should they differ.
+random numbers: as easy as 1, 2, 3"), bit for bit ``jax.random``'s (see :func:`_use_fast`).
 """
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["depth_draws", "depth_keys", "draws_by_depth", "fold_in", "leaf_uniform", "normal", "split"]
+__all__ = ["depth_draws", "depth_keys", "direction_from_key", "draws_by_depth", "fold_in", "leaf_uniform", "normal", "split"]
 
 
 def depth_keys(key, depth):
@@ -32,12 +30,24 @@ def depth_keys(key, depth):
 _THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
+def direction_from_key(direction_key):
+    """A doubling's direction (``True``: right), ``uniform(key, float32) < 1/2``: what
+    ``jax.random.bernoulli`` does, with its dtype fixed (``bernoulli``'s default ``p``
+    is float32 in some JAX versions and the default float type in others)."""
+    return jax.random.uniform(direction_key, dtype=jnp.float32) < np.float32(0.5)
+
+
 def _rotate_left(x, distance):
     return (x << np.uint32(distance)) | (x >> np.uint32(32 - distance))
 
 
+@jax.jit
 def _threefry2x32(key0, key1, count0, count1):
-    """The Threefry-2x32 block cipher with 20 rounds, unrolled (uint32 in, uint32 out)."""
+    """The Threefry-2x32 block cipher with 20 rounds, unrolled (uint32 in, uint32 out).
+    Jitted so that a program traces and lowers its 80 operations once per shape, not at
+    every one of a transition's dozen calls (a tenth of a second of a cached start)."""
+    key0, key1, count0, count1 = (jnp.asarray(a, jnp.uint32)
+                                  for a in (key0, key1, count0, count1))
     keys = (key0, key1, key0 ^ key1 ^ np.uint32(0x1BD11BDA))
     x0, x1 = count0 + keys[0], count1 + keys[1]
     for block in range(5):
@@ -72,47 +82,25 @@ def _jax_leaf_uniform(leaf_key, index, dtype):
     return jax.random.uniform(jax.random.fold_in(leaf_key, index), dtype=dtype)
 
 
-@functools.lru_cache(maxsize=None)
-def _fast_leaf_uniform_agrees(dtype_name: str, key_shape: tuple, partitionable: bool) -> bool:
-    """Whether the unrolled hash reproduces ``jax.random`` here: checked once per process,
-    and remembered across processes per JAX version and backend
-    (:func:`hbm.compilation_cache.remembered`: the check costs a few tenths of a second of
-    tracing and lowering, a good part of a cached process's start)."""
-    if key_shape != (2,):
-        return False
-    from hbm.compilation_cache import remembered
-
-    return remembered(f"leaf_uniform_agrees {dtype_name} partitionable={partitionable}",
-                      lambda: _check_fast_leaf_uniform(dtype_name))
-
-
-def _check_fast_leaf_uniform(dtype_name: str) -> bool:
-    def both(key, index):
-        return (_jax_leaf_uniform(key, index, dtype_name),
-                _fast_leaf_uniform(key, index, dtype_name))
-
-    try:
-        # one compiled comparison over a grid of keys and indices (eagerly, op by op, the
-        # unrolled hash costs seconds); evaluated now even when called while tracing
-        with jax.ensure_compile_time_eval():
-            keys = jnp.stack([jax.random.PRNGKey(seed) for seed in (0, 1, 12345)])
-            indices = jnp.array([0, 1, 2, 7, 1000], jnp.int32)
-            grid = jax.jit(jax.vmap(jax.vmap(both, (None, 0)), (0, None)))
-            expected, actual = grid(keys, indices)
-            return bool(np.all(np.asarray(expected) == np.asarray(actual)))
-    except Exception:  # noqa: BLE001 - any incompatibility means: use jax.random
-        return False
+def _use_fast(key, dtype=None) -> bool:
+    """Whether the unrolled hash stands in for ``jax.random``: for a raw ``uint32[2]``
+    Threefry key under JAX's partitionable key derivation (the default since JAX 0.5),
+    whose counters the functions here reproduce. Typed keys and the legacy derivation
+    (``jax_threefry_partitionable=False``) get ``jax.random`` itself. The values are
+    checked against ``jax.random`` by the tests (``tests/samplers/test_threefry.py``, and
+    the iterative tree against the recursive reference), not at run time: a compiled
+    check of all of them costs 2-3 s of a first process. Were a future JAX to derive its
+    bits differently, these would still be Threefry random numbers, only not
+    ``jax.random``'s."""
+    del dtype  # every dtype follows from the same bits
+    return (jnp.asarray(key).dtype == jnp.uint32 and tuple(jnp.shape(key)) == (2,)
+            and bool(jax.config.jax_threefry_partitionable))
 
 
 def leaf_uniform(leaf_key, index, dtype):
     """``jax.random.uniform(jax.random.fold_in(leaf_key, index), dtype=dtype)``, fast."""
     dtype = jnp.dtype(dtype)
-    key_shape = tuple(jnp.shape(leaf_key))
-    use_fast = (
-        jnp.asarray(leaf_key).dtype == jnp.uint32
-        and _fast_leaf_uniform_agrees(dtype.name, key_shape, bool(jax.config.jax_threefry_partitionable))
-    )
-    if use_fast:
+    if _use_fast(leaf_key, dtype):
         return _fast_leaf_uniform(leaf_key, index, dtype)
     return _jax_leaf_uniform(leaf_key, index, dtype)
 
@@ -131,61 +119,23 @@ def _fast_depth_draws(key, depth, dtype):
     zero = jnp.zeros((), jnp.uint32)
     folded = _threefry2x32(key[0], key[1], zero, jnp.asarray(depth).astype(jnp.uint32))
     direction, leaf, merge = (_threefry2x32(*folded, zero, np.uint32(i)) for i in range(3))
-    bernoulli_dtype = jnp.result_type(float)  # jax.random.bernoulli's p = 0.5
-    go_right = _fast_unit_uniform(*direction, bernoulli_dtype) < jnp.asarray(0.5,
-                                                                            bernoulli_dtype)
+    go_right = _fast_unit_uniform(*direction, jnp.float32) < np.float32(0.5)
     return go_right, jnp.stack(leaf), _fast_unit_uniform(*merge, dtype)
 
 
 def _jax_depth_draws(key, depth, dtype):
     direction_key, leaf_key, merge_key = depth_keys(key, depth)
-    return (jax.random.bernoulli(direction_key), leaf_key,
+    return (direction_from_key(direction_key), leaf_key,
             jax.random.uniform(merge_key, dtype=dtype))
-
-
-@functools.lru_cache(maxsize=None)
-def _fast_depth_draws_agree(dtype_name: str, key_shape: tuple, partitionable: bool,
-                            x64: bool) -> bool:
-    """Whether the unrolled hash reproduces ``jax.random``'s depth draws here (checked
-    once per process, remembered across processes as for the leaf uniforms)."""
-    if key_shape != (2,):
-        return False
-    from hbm.compilation_cache import remembered
-
-    return remembered(f"depth_draws_agree {dtype_name} partitionable={partitionable} "
-                      f"x64={x64}", lambda: _check_fast_depth_draws(dtype_name))
-
-
-def _check_fast_depth_draws(dtype_name: str) -> bool:
-    def both(key, depth):
-        return (_jax_depth_draws(key, depth, dtype_name),
-                _fast_depth_draws(key, depth, dtype_name))
-
-    try:
-        with jax.ensure_compile_time_eval():
-            keys = jnp.stack([jax.random.PRNGKey(seed) for seed in (0, 1, 12345, 2**31 + 7)])
-            depths = jnp.arange(12, dtype=jnp.int32)
-            grid = jax.jit(jax.vmap(jax.vmap(both, (None, 0)), (0, None)))
-            expected, actual = grid(keys, depths)
-            return all(np.array_equal(np.asarray(e), np.asarray(a))
-                       for e, a in zip(jax.tree.leaves(expected), jax.tree.leaves(actual)))
-    except Exception:  # noqa: BLE001 - any incompatibility means: use jax.random
-        return False
 
 
 def depth_draws(key, depth, dtype):
     """The direction (``True``: right), leaf key and merge uniform of doubling ``depth``:
-    ``bernoulli`` and ``uniform`` of the direction and merge keys of :func:`depth_keys`
+    :func:`direction_from_key` and ``uniform`` of the direction and merge keys of :func:`depth_keys`
     (bit for bit), computed with an unrolled hash where it reproduces ``jax.random``
     (JAX's own Threefry is a rolled loop of several kernels on CPU, four per doubling)."""
     dtype = jnp.dtype(dtype)
-    use_fast = (
-        jnp.asarray(key).dtype == jnp.uint32
-        and _fast_depth_draws_agree(dtype.name, tuple(jnp.shape(key)),
-                                    bool(jax.config.jax_threefry_partitionable),
-                                    bool(jax.config.jax_enable_x64))
-    )
-    if use_fast:
+    if _use_fast(key, dtype):
         return _fast_depth_draws(key, depth, dtype)
     return _jax_depth_draws(key, depth, dtype)
 
@@ -213,48 +163,15 @@ def _fast_fold_in(key, data):
     return jnp.stack(_threefry2x32(key[0], key[1], zero, jnp.asarray(data).astype(jnp.uint32)))
 
 
-@functools.lru_cache(maxsize=None)
-def _fast_keys_agree(key_shape: tuple, partitionable: bool) -> bool:
-    if key_shape != (2,):
-        return False
-    from hbm.compilation_cache import remembered
-
-    return remembered(f"fold_in_split_agree partitionable={partitionable}", _check_fast_keys)
-
-
-def _check_fast_keys() -> bool:
-    def both(key, data):
-        return ((jax.random.fold_in(key, data), jax.random.split(key, 2),
-                 jax.random.split(key, 3)),
-                (_fast_fold_in(key, data), _fast_split(key, 2), _fast_split(key, 3)))
-
-    try:
-        with jax.ensure_compile_time_eval():
-            keys = jnp.stack([jax.random.PRNGKey(seed) for seed in (0, 1, 12345, 2**31 + 7)])
-            data = jnp.array([0, 1, 2, 999, 2**31 - 1], jnp.int32)
-            expected, actual = jax.jit(jax.vmap(jax.vmap(both, (None, 0)), (0, None)))(
-                keys, data)
-            return all(np.array_equal(np.asarray(e), np.asarray(a))
-                       for e, a in zip(jax.tree.leaves(expected), jax.tree.leaves(actual)))
-    except Exception:  # noqa: BLE001 - any incompatibility means: use jax.random
-        return False
-
-
-def _use_fast_keys(key) -> bool:
-    return (jnp.asarray(key).dtype == jnp.uint32
-            and _fast_keys_agree(tuple(jnp.shape(key)),
-                                 bool(jax.config.jax_threefry_partitionable)))
-
-
 def split(key, num: int = 2):
     """``jax.random.split(key, num)``, bit for bit, with the unrolled hash where it agrees."""
-    return _fast_split(key, num) if _use_fast_keys(key) else jax.random.split(key, num)
+    return _fast_split(key, num) if _use_fast(key) else jax.random.split(key, num)
 
 
 def fold_in(key, data):
     """``jax.random.fold_in(key, data)``, bit for bit, with the unrolled hash where it
     agrees."""
-    return _fast_fold_in(key, data) if _use_fast_keys(key) else jax.random.fold_in(key, data)
+    return _fast_fold_in(key, data) if _use_fast(key) else jax.random.fold_in(key, data)
 
 
 def _fast_normal(key, size: int, dtype):
@@ -272,38 +189,11 @@ def _fast_normal(key, size: int, dtype):
     return lax.mul(np.array(np.sqrt(2), dtype), lax.erf_inv(uniform))
 
 
-@functools.lru_cache(maxsize=None)
-def _fast_normal_agrees(dtype_name: str, key_shape: tuple, partitionable: bool) -> bool:
-    if key_shape != (2,):
-        return False
-    from hbm.compilation_cache import remembered
-
-    return remembered(f"normal_agrees {dtype_name} partitionable={partitionable}",
-                      lambda: _check_fast_normal(dtype_name))
-
-
-def _check_fast_normal(dtype_name: str) -> bool:
-    try:
-        with jax.ensure_compile_time_eval():
-            keys = jnp.stack([jax.random.PRNGKey(seed) for seed in (0, 1, 12345, 2**31 + 7)])
-            for size in (1, 3, 10, 257):
-                expected, actual = jax.jit(jax.vmap(lambda k: (
-                    jax.random.normal(k, (size,), dtype_name),
-                    _fast_normal(k, size, dtype_name))))(keys)
-                if not np.array_equal(np.asarray(expected), np.asarray(actual)):
-                    return False
-            return True
-    except Exception:  # noqa: BLE001 - any incompatibility means: use jax.random
-        return False
-
-
 def normal(key, shape, dtype):
     """``jax.random.normal(key, shape, dtype)``, bit for bit, with the unrolled hash for
     a vector where it agrees."""
     dtype = jnp.dtype(dtype)
     shape = tuple(shape)
-    if (len(shape) == 1 and jnp.asarray(key).dtype == jnp.uint32
-            and _fast_normal_agrees(dtype.name, tuple(jnp.shape(key)),
-                                    bool(jax.config.jax_threefry_partitionable))):
+    if len(shape) == 1 and _use_fast(key, dtype):
         return _fast_normal(key, shape[0], dtype)
     return jax.random.normal(key, shape, dtype)

@@ -1,6 +1,6 @@
 """hbm.samplers.threefry: the unrolled hash gives jax.random's keys and normals bit for
-bit, and is the path taken here (a fallback to jax.random would hide a slow sampler, not
-a wrong one, so the test checks both)."""
+bit (the library does not check this at run time: these tests are the check, on every
+JAX that CI installs), and is the path taken here."""
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +14,6 @@ PARTITIONABLE = bool(jax.config.jax_threefry_partitionable)
 
 
 def test_fold_in_and_split_equal_jax_random():
-    threefry._fast_keys_agree.cache_clear()
     data = jnp.array([0, 1, 7, 1000, 2**31 - 1], jnp.int32)
 
     @jax.jit
@@ -29,7 +28,7 @@ def test_fold_in_and_split_equal_jax_random():
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(a, b)
-    assert threefry._fast_keys_agree((2,), PARTITIONABLE)
+    assert threefry._use_fast(KEYS[0]) == PARTITIONABLE
     # the fast functions themselves, not only the dispatcher
     np.testing.assert_array_equal(threefry._fast_split(KEYS[3], 4),
                                   jax.random.split(KEYS[3], 4))
@@ -38,14 +37,12 @@ def test_fold_in_and_split_equal_jax_random():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 @pytest.mark.parametrize("size", [1, 10, 175])
 def test_normal_equals_jax_random(dtype, size):
-    threefry._fast_normal_agrees.cache_clear()
     got = jax.jit(jax.vmap(lambda k: threefry.normal(k, (size,), dtype)))(KEYS)
     fast = jax.jit(jax.vmap(lambda k: threefry._fast_normal(k, size, dtype)))(KEYS)
     expected = jax.jit(jax.vmap(lambda k: jax.random.normal(k, (size,), dtype)))(KEYS)
     assert got.dtype == expected.dtype == jnp.dtype(dtype)
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(fast, expected)
-    assert threefry._fast_normal_agrees(jnp.dtype(dtype).name, (2,), PARTITIONABLE)
 
 
 def test_other_shapes_and_typed_keys_fall_back_to_jax_random():

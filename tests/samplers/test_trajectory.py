@@ -112,10 +112,8 @@ def test_deep_trees_agree_at_default_depth():
 def test_fast_leaf_uniform_is_used_and_equals_jax_random_inside_a_trace():
     from hbm.samplers import threefry as trajectory
 
-    trajectory._fast_leaf_uniform_agrees.cache_clear()
-
     @jax.jit
-    def uniforms(key, indices):  # the agreement check runs while this is traced
+    def uniforms(key, indices):
         return jax.vmap(lambda i: trajectory.leaf_uniform(key, i, jnp.float64))(indices)
 
     key, indices = jax.random.PRNGKey(42), jnp.arange(0, 4000, 37, dtype=jnp.int32)
@@ -123,8 +121,7 @@ def test_fast_leaf_uniform_is_used_and_equals_jax_random_inside_a_trace():
     expected = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i),
                                                      dtype=jnp.float64))(indices)
     np.testing.assert_array_equal(got, expected)
-    assert trajectory._fast_leaf_uniform_agrees(
-        "float64", (2,), bool(jax.config.jax_threefry_partitionable))
+    assert trajectory._use_fast(key)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
@@ -134,7 +131,6 @@ def test_fast_depth_draws_are_used_and_equal_jax_random(dtype):
     keys and every depth; and the fast path is the one taken here."""
     from hbm.samplers import threefry as trajectory
 
-    trajectory._fast_depth_draws_agree.cache_clear()
     keys = jax.random.split(jax.random.PRNGKey(7), 64)
     depths = jnp.arange(16, dtype=jnp.int32)
 
@@ -151,9 +147,7 @@ def test_fast_depth_draws_are_used_and_equal_jax_random(dtype):
             assert a.dtype == b.dtype and a.shape == b.shape
             np.testing.assert_array_equal(a, b)
     assert 0.3 < float(np.mean(expected[0])) < 0.7  # directions do vary
-    assert trajectory._fast_depth_draws_agree(
-        jnp.dtype(dtype).name, (2,), bool(jax.config.jax_threefry_partitionable),
-        bool(jax.config.jax_enable_x64))
+    assert trajectory._use_fast(keys[0])
 
 
 def test_stepwise_trajectory_equals_the_nested_one():
