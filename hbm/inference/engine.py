@@ -9,10 +9,10 @@ program made here by :func:`build_chain_program`:
 * ``run(state, chain_key, start, total, adapt, flags, data, weights, stop=None)`` runs
   iterations ``start`` up to ``min(total, stop, start + len(flags))`` (exclusive) of a
   phase of ``total`` iterations as one loop (a dynamic count: one compiled program
-  serves chunks of any length up to ``len(flags)``). ``adapt`` is an *unbatched* flag: True runs the adaptation after
-  each transition (``flags`` is the slice of the warmup schedule, a
-  :class:`~hbm.samplers.schedules.WarmupSchedule`, these iterations read), False samples
-  with the adapted step size and metric. Warmup and sampling are therefore one compiled
+  serves chunks of any length up to ``len(flags)``). ``adapt`` is an *unbatched* flag:
+  True runs the adaptation after each transition (``flags`` is the slice of the warmup
+  schedule, a :class:`~hbm.samplers.schedules.WarmupSchedule`, these iterations read),
+  False samples with the adapted step size and metric. Warmup and sampling are therefore one compiled
   program. Iterations at or beyond ``total`` are not run: the state is left unchanged
   and their outputs are zeros (the last chunk of a phase is padded).
 

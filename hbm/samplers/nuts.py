@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from hbm.errors import ConfigurationError
+from hbm.samplers import threefry
 from hbm.samplers.integrators import IntegratorState, velocity_verlet
 from hbm.samplers.metrics import gaussian_euclidean
-from hbm.samplers import threefry
 from hbm.samplers.trajectory import build_trajectory
 
 __all__ = ["HMCState", "NUTSInfo", "init", "build_kernel", "transition_outcome"]

@@ -2,23 +2,24 @@
 
 The trajectory's randomness is indexed, not streamed (see :mod:`hbm.samplers.trajectory`):
 doubling ``j`` of a tree with key ``k`` uses ``depth_keys(k, j)``, its direction is
-:func:`direction_from_key` of the first, leaf ``i`` of its subtree draws ``uniform(fold_in(leaf_key,
-i))`` and its merge ``uniform`` of the third. JAX lowers its Threefry-2x32 hash to a
+:func:`direction_from_key` of the first, leaf ``i`` of its subtree draws
+``uniform(fold_in(leaf_key, i))`` and its merge ``uniform`` of the third. JAX lowers its Threefry-2x32 hash to a
 rolled five-iteration loop on CPU, several kernel launches per call, and a transition
 makes a dozen such calls besides its leaves. :func:`leaf_uniform` and :func:`depth_draws`
 compute the same values with an unrolled Threefry-2x32 (Salmon et al. 2011, "Parallel
-random numbers: as easy as 1, 2, 3"), bit for bit ``jax.random``'s (see :func:`_use_fast`).
+random numbers: as easy as 1, 2, 3"), bit for bit ``jax.random``'s (see :func:`_use_fast`);
+so do :func:`split`, :func:`fold_in` and :func:`normal` for a transition's keys and momentum.
 """
 
 from __future__ import annotations
-
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["depth_draws", "depth_keys", "direction_from_key", "draws_by_depth", "fold_in", "leaf_uniform", "normal", "split"]
+__all__ = ["depth_draws", "depth_keys", "direction_from_key", "draws_by_depth", "fold_in",
+           "leaf_uniform", "normal", "split"]
 
 
 def depth_keys(key, depth):
@@ -27,14 +28,29 @@ def depth_keys(key, depth):
     return direction_key, leaf_key, merge_key
 
 
-_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-
-
 def direction_from_key(direction_key):
     """A doubling's direction (``True``: right), ``uniform(key, float32) < 1/2``: what
     ``jax.random.bernoulli`` does, with its dtype fixed (``bernoulli``'s default ``p``
     is float32 in some JAX versions and the default float type in others)."""
     return jax.random.uniform(direction_key, dtype=jnp.float32) < np.float32(0.5)
+
+
+def _use_fast(key) -> bool:
+    """Whether the unrolled hash stands in for ``jax.random``: for a raw ``uint32[2]``
+    Threefry key under JAX's partitionable key derivation (the default since JAX 0.5),
+    whose counters the functions here reproduce. Typed keys and the legacy derivation
+    (``jax_threefry_partitionable=False``) get ``jax.random`` itself. The values are
+    checked against ``jax.random`` by the tests (``tests/samplers/test_threefry.py``, and
+    the iterative tree against the recursive reference), not at run time: a compiled
+    check of all of them costs 2-3 s of a first process. Were a future JAX to derive its
+    bits differently, these would still be Threefry random numbers, only not
+    ``jax.random``'s."""
+    return (jnp.asarray(key).dtype == jnp.uint32 and tuple(jnp.shape(key)) == (2,)
+            and bool(jax.config.jax_threefry_partitionable))
+
+
+# ------------------------------------------------------------------ the unrolled hash
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
 def _rotate_left(x, distance):
@@ -59,6 +75,14 @@ def _threefry2x32(key0, key1, count0, count1):
     return x0, x1
 
 
+def _hash(key, counter):
+    """The hash of the counter ``(0, counter)`` under ``key``: ``fold_in(key, counter)``
+    and ``split(key)[counter]`` of a raw Threefry key, as a pair of words."""
+    key = jnp.asarray(key, jnp.uint32)
+    counter = jnp.asarray(counter).astype(jnp.uint32)
+    return _threefry2x32(key[0], key[1], jnp.zeros_like(counter), counter)
+
+
 def _bits_to_unit_float(bits_hi, bits_lo, dtype):
     """Uniform on [0, 1) from 64 random bits, as ``jax.random.uniform`` maps them."""
     if jnp.dtype(dtype) == jnp.float64:
@@ -71,36 +95,17 @@ def _bits_to_unit_float(bits_hi, bits_lo, dtype):
 
 
 def _fast_leaf_uniform(leaf_key, index, dtype):
-    key = jnp.asarray(leaf_key, jnp.uint32)
-    zero = jnp.zeros((), jnp.uint32)
-    folded0, folded1 = _threefry2x32(key[0], key[1], zero, jnp.asarray(index).astype(jnp.uint32))
-    bits_hi, bits_lo = _threefry2x32(folded0, folded1, zero, zero)
-    return jnp.maximum(_bits_to_unit_float(bits_hi, bits_lo, dtype), 0.0).astype(dtype)
+    return _fast_unit_uniform(*_hash(leaf_key, index), dtype)
 
 
 def _jax_leaf_uniform(leaf_key, index, dtype):
     return jax.random.uniform(jax.random.fold_in(leaf_key, index), dtype=dtype)
 
 
-def _use_fast(key, dtype=None) -> bool:
-    """Whether the unrolled hash stands in for ``jax.random``: for a raw ``uint32[2]``
-    Threefry key under JAX's partitionable key derivation (the default since JAX 0.5),
-    whose counters the functions here reproduce. Typed keys and the legacy derivation
-    (``jax_threefry_partitionable=False``) get ``jax.random`` itself. The values are
-    checked against ``jax.random`` by the tests (``tests/samplers/test_threefry.py``, and
-    the iterative tree against the recursive reference), not at run time: a compiled
-    check of all of them costs 2-3 s of a first process. Were a future JAX to derive its
-    bits differently, these would still be Threefry random numbers, only not
-    ``jax.random``'s."""
-    del dtype  # every dtype follows from the same bits
-    return (jnp.asarray(key).dtype == jnp.uint32 and tuple(jnp.shape(key)) == (2,)
-            and bool(jax.config.jax_threefry_partitionable))
-
-
 def leaf_uniform(leaf_key, index, dtype):
     """``jax.random.uniform(jax.random.fold_in(leaf_key, index), dtype=dtype)``, fast."""
     dtype = jnp.dtype(dtype)
-    if _use_fast(leaf_key, dtype):
+    if _use_fast(leaf_key):
         return _fast_leaf_uniform(leaf_key, index, dtype)
     return _jax_leaf_uniform(leaf_key, index, dtype)
 
@@ -113,12 +118,9 @@ def _fast_unit_uniform(key0, key1, dtype):
 
 
 def _fast_depth_draws(key, depth, dtype):
-    """:func:`_jax_depth_draws` with the unrolled hash: ``fold_in`` and ``split`` of a
-    Threefry key are the hash of the counters ``(0, depth)`` and ``(0, 0..2)``."""
-    key = jnp.asarray(key, jnp.uint32)
-    zero = jnp.zeros((), jnp.uint32)
-    folded = _threefry2x32(key[0], key[1], zero, jnp.asarray(depth).astype(jnp.uint32))
-    direction, leaf, merge = (_threefry2x32(*folded, zero, np.uint32(i)) for i in range(3))
+    """:func:`_jax_depth_draws` with the unrolled hash."""
+    folded = jnp.stack(_hash(key, depth))
+    direction, leaf, merge = (_hash(folded, i) for i in range(3))
     go_right = _fast_unit_uniform(*direction, jnp.float32) < np.float32(0.5)
     return go_right, jnp.stack(leaf), _fast_unit_uniform(*merge, dtype)
 
@@ -131,11 +133,10 @@ def _jax_depth_draws(key, depth, dtype):
 
 def depth_draws(key, depth, dtype):
     """The direction (``True``: right), leaf key and merge uniform of doubling ``depth``:
-    :func:`direction_from_key` and ``uniform`` of the direction and merge keys of :func:`depth_keys`
-    (bit for bit), computed with an unrolled hash where it reproduces ``jax.random``
-    (JAX's own Threefry is a rolled loop of several kernels on CPU, four per doubling)."""
+    :func:`direction_from_key` and ``uniform`` of the direction and merge keys of
+    :func:`depth_keys`, bit for bit, with the unrolled hash (see :func:`_use_fast`)."""
     dtype = jnp.dtype(dtype)
-    if _use_fast(key, dtype):
+    if _use_fast(key):
         return _fast_depth_draws(key, depth, dtype)
     return _jax_depth_draws(key, depth, dtype)
 
@@ -148,29 +149,22 @@ def draws_by_depth(key, max_tree_depth: int, dtype):
 
 
 def _fast_split(key, num: int):
-    """``jax.random.split(key, num)`` of a raw Threefry key with partitionable splitting:
-    key ``i`` is the hash of the counter ``(0, i)``."""
-    key = jnp.asarray(key, jnp.uint32)
-    zero = jnp.zeros((), jnp.uint32)
-    return jnp.stack([jnp.stack(_threefry2x32(key[0], key[1], zero, np.uint32(i)))
-                      for i in range(num)])
+    """``jax.random.split(key, num)`` of a raw Threefry key: key ``i`` hashes ``(0, i)``."""
+    return jnp.stack([jnp.stack(_hash(key, i)) for i in range(num)])
 
 
 def _fast_fold_in(key, data):
     """``jax.random.fold_in(key, data)`` of a raw Threefry key (32-bit ``data``)."""
-    key = jnp.asarray(key, jnp.uint32)
-    zero = jnp.zeros((), jnp.uint32)
-    return jnp.stack(_threefry2x32(key[0], key[1], zero, jnp.asarray(data).astype(jnp.uint32)))
+    return jnp.stack(_hash(key, data))
 
 
 def split(key, num: int = 2):
-    """``jax.random.split(key, num)``, bit for bit, with the unrolled hash where it agrees."""
+    """``jax.random.split(key, num)``, bit for bit (see :func:`_use_fast`)."""
     return _fast_split(key, num) if _use_fast(key) else jax.random.split(key, num)
 
 
 def fold_in(key, data):
-    """``jax.random.fold_in(key, data)``, bit for bit, with the unrolled hash where it
-    agrees."""
+    """``jax.random.fold_in(key, data)``, bit for bit (see :func:`_use_fast`)."""
     return _fast_fold_in(key, data) if _use_fast(key) else jax.random.fold_in(key, data)
 
 
@@ -178,11 +172,8 @@ def _fast_normal(key, size: int, dtype):
     """``jax.random.normal(key, (size,), dtype)`` of a raw Threefry key with partitionable
     bits: element ``i`` hashes the counter ``(0, i)``; then JAX's own map from bits to
     ``uniform(nextafter(-1, 0), 1)`` and ``sqrt(2) erfinv``."""
-    key = jnp.asarray(key, jnp.uint32)
     dtype = jnp.dtype(dtype)
-    counts = jnp.arange(size, dtype=jnp.uint32)
-    bits_hi, bits_lo = _threefry2x32(key[0], key[1], jnp.zeros_like(counts), counts)
-    unit = _bits_to_unit_float(bits_hi, bits_lo, dtype)
+    unit = _bits_to_unit_float(*_hash(key, jnp.arange(size, dtype=jnp.uint32)), dtype)
     low = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype), dtype=dtype)
     high = np.array(1.0, dtype)
     uniform = lax.max(jnp.asarray(low, dtype), unit * (high - low) + low)
@@ -191,9 +182,9 @@ def _fast_normal(key, size: int, dtype):
 
 def normal(key, shape, dtype):
     """``jax.random.normal(key, shape, dtype)``, bit for bit, with the unrolled hash for
-    a vector where it agrees."""
+    a vector (see :func:`_use_fast`)."""
     dtype = jnp.dtype(dtype)
     shape = tuple(shape)
-    if len(shape) == 1 and _use_fast(key, dtype):
+    if len(shape) == 1 and _use_fast(key):
         return _fast_normal(key, shape[0], dtype)
     return jax.random.normal(key, shape, dtype)
