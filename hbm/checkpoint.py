@@ -197,8 +197,8 @@ def save(path, meta: dict, state: dict, new_draws: dict | None = None,
                  state_file={"file": state_name, "sha256": _sha256(directory / state_name)},
                  data_file=data_file, draws_files=draws_files)
     payload = json.dumps(index, indent=1, default=_json_default).encode()
-    if old is not None:
-        os.replace(index_path, directory / PREVIOUS)
+    if old is not None:  # a copy, not a move: the index never goes missing, even briefly
+        atomic_write(directory / PREVIOUS, index_path.read_bytes())
     atomic_write(index_path, payload)
     _fsync_dir(directory)
     # keep the state files of the current and the previous checkpoint only
