@@ -32,6 +32,16 @@ Run from the repository root::
     python -m benchmarks.study                       # S = 16 ... 1024, both families
     python -m benchmarks.study --smoke               # 256 members, a minute or two;
                                                      # JSON summary as the last line
+    python -m benchmarks.study --device-check        # the issue's accelerator run (below)
+
+``--device-check`` is the prepared accelerator run: ``hbm.study`` itself (the public API,
+NUTS only, lockstep-free) on S = 1000 radon-sized data sets x 4 chains x (1000 warmup +
+1000 draws), normal family, after a first call of one batch that compiles the programs;
+it prints the seconds for the 1000 data sets, the share with R-hat < 1.01 on every
+parameter, the useful-leapfrog fraction and the divergences, as one JSON object per
+run. ``--refills`` lists the members per lane of each run (default ``8,1``: the CPU-tuned
+``hbm.batch.REFILL``, then every member in its own lane, which an accelerator may
+prefer), ``--budget`` the seconds after which no further run starts.
 """
 
 from __future__ import annotations
@@ -226,6 +236,56 @@ def run_rows(families, sizes, *, chains, warmup, draws, batch, seed, refill):
     return rows
 
 
+def device_check(*, datasets, batch, chains, warmup, draws, refills, seed, budget):
+    """Time ``hbm.study`` (NUTS, lockstep-free) on ``datasets`` radon-sized data sets, once
+    per value of ``refills``; each run's programs are compiled by a first call on one
+    batch. Returns one dict per run (printed as JSON lines as they finish)."""
+    import hbm.batch
+
+    layout = design(seed)
+    template = {"group": layout["group"], "x": layout["x"],
+                "y": simulate("normal", 1, seed, layout)[0]}
+    truth = dict(TRUTH)
+    settings = dict(methods=("nuts",), chains=chains, warmup=warmup, draws=draws,
+                    batch_size=batch, lockstep_free=True, progress=False)
+    rows, started = [], time.perf_counter()
+    default_refill = hbm.batch.REFILL
+    try:
+        for refill in refills:
+            if time.perf_counter() - started > budget:
+                print(json.dumps({"refill": refill, "skipped": "over --budget"}), flush=True)
+                continue
+            hbm.batch.REFILL = refill  # read by hbm.study when it builds its programs,
+            normal = model("normal")  # which it caches per model: a new one per refill
+            t0 = time.perf_counter()
+            hbm.study(normal, truth, data=template, datasets=batch, seed=seed + 1,
+                      **settings)
+            first_call = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            result = hbm.study(normal, truth, data=template, datasets=datasets, seed=seed,
+                               **settings)
+            seconds = time.perf_counter() - t0
+            table = result.table
+            worst_rhat = table.groupby("dataset")["rhat"].max()
+            divergences = table.groupby("dataset")["divergences"].first()
+            row = {"refill": refill, "datasets": datasets, "chains": chains,
+                   "warmup": warmup, "draws": draws, "batch": batch,
+                   "seconds": round(seconds, 2),
+                   "datasets_per_s": round(datasets / seconds, 3),
+                   "first_call_seconds_with_compilation": round(first_call, 2),
+                   "share_rhat_below_1_01": round(float(np.mean(worst_rhat < 1.01)), 4),
+                   "max_rhat": round(float(worst_rhat.max()), 4),
+                   "useful_leapfrog_fraction": result.info["useful_leapfrog_fraction"],
+                   "datasets_with_divergences": int(np.sum(divergences > 0)),
+                   "device": result.info["device"],
+                   "devices": len(jax.local_devices())}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        hbm.batch.REFILL = default_refill
+    return rows
+
+
 def print_table(rows):
     columns = ["family", "datasets", "members_per_batch", "lockstep_free_lanes",
                "lockstep_datasets_per_s",
@@ -254,7 +314,29 @@ def main(argv=None):
                         help="one batch of 64 data sets x 4 chains = 256 members, normal "
                              "family, 150 warmup + 100 draws")
     parser.add_argument("--out", default=None, help="folder for study.json")
+    parser.add_argument("--device-check", action="store_true",
+                        help="hbm.study on --datasets (default 1000) data sets x 4 chains x "
+                             "(1000 + 1000), normal family, lockstep-free, once per "
+                             "--refills value")
+    parser.add_argument("--refills", default="8,1",
+                        help="--device-check: members per lane of each run, comma-separated")
+    parser.add_argument("--budget", type=float, default=240.0,
+                        help="--device-check: seconds after which no further run starts")
     args = parser.parse_args(argv)
+    if args.device_check:
+        datasets = 1000 if args.datasets == parser.get_default("datasets") else int(args.datasets)
+        warmup = 1000 if args.warmup == parser.get_default("warmup") else args.warmup
+        draws = 1000 if args.draws == parser.get_default("draws") else args.draws
+        batch = datasets if args.batch == parser.get_default("batch") else args.batch
+        refills = [int(r) for r in args.refills.split(",")]
+        rows = device_check(datasets=datasets, batch=batch, chains=args.chains,
+                            warmup=warmup, draws=draws, refills=refills, seed=args.seed,
+                            budget=args.budget)
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "device_check.json").write_text(json.dumps(rows, indent=1))
+        return rows
     if args.smoke:
         args.families, args.datasets, args.chains = "normal", "64", 4
         args.warmup, args.draws, args.batch = 150, 100, 64
