@@ -298,14 +298,23 @@ def print_table(rows):
         print("| " + " | ".join(str(row[c]) for c in columns) + " |")
 
 
+def _given(value, default):
+    return default if value is None else value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--families", default="normal,logistic")
-    parser.add_argument("--datasets", default="16,64,256,1024")
+    parser.add_argument("--datasets", default=None,
+                        help="comma-separated (default 16,64,256,1024; --device-check: one "
+                             "number, default 1000)")
     parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=500)
-    parser.add_argument("--draws", type=int, default=500)
-    parser.add_argument("--batch", type=int, default=64, help="data sets per batch")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="default 500 (--device-check: 1000)")
+    parser.add_argument("--draws", type=int, default=None,
+                        help="default 500 (--device-check: 1000)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="data sets per batch (default 64; --device-check: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--refill", type=int, default=REFILL,
                         help="lockstep-free: members per lane (a lane whose member is done "
@@ -324,14 +333,12 @@ def main(argv=None):
                         help="--device-check: seconds after which no further run starts")
     args = parser.parse_args(argv)
     if args.device_check:
-        datasets = 1000 if args.datasets == parser.get_default("datasets") else int(args.datasets)
-        warmup = 1000 if args.warmup == parser.get_default("warmup") else args.warmup
-        draws = 1000 if args.draws == parser.get_default("draws") else args.draws
-        batch = datasets if args.batch == parser.get_default("batch") else args.batch
-        refills = [int(r) for r in args.refills.split(",")]
-        rows = device_check(datasets=datasets, batch=batch, chains=args.chains,
-                            warmup=warmup, draws=draws, refills=refills, seed=args.seed,
-                            budget=args.budget)
+        datasets = int(_given(args.datasets, 1000))
+        rows = device_check(datasets=datasets, batch=_given(args.batch, datasets),
+                            chains=args.chains, warmup=_given(args.warmup, 1000),
+                            draws=_given(args.draws, 1000),
+                            refills=[int(r) for r in args.refills.split(",")],
+                            seed=args.seed, budget=args.budget)
         if args.out:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
@@ -340,6 +347,9 @@ def main(argv=None):
     if args.smoke:
         args.families, args.datasets, args.chains = "normal", "64", 4
         args.warmup, args.draws, args.batch = 150, 100, 64
+    args.datasets = _given(args.datasets, "16,64,256,1024")
+    args.warmup, args.draws = _given(args.warmup, 500), _given(args.draws, 500)
+    args.batch = _given(args.batch, 64)
     rows = run_rows(args.families.split(","), [int(s) for s in args.datasets.split(",")],
                     chains=args.chains, warmup=args.warmup, draws=args.draws,
                     batch=args.batch, seed=args.seed, refill=args.refill)

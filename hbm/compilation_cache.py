@@ -14,11 +14,6 @@ however quickly it compiled, unless
 
 The default directory is ``$XDG_CACHE_HOME/hbm/jax``, else ``~/.cache/hbm/jax``. Delete it
 to reclaim the space; entries for other versions of JAX are never read again.
-
-The same directory keeps :func:`remembered` facts: answers of one-off runtime checks
-(such as "does the unrolled leaf hash reproduce ``jax.random`` on this backend?") that
-depend only on the JAX version and backend, so a second process need not trace, lower and
-run the check again.
 """
 
 from __future__ import annotations
@@ -26,8 +21,7 @@ from __future__ import annotations
 import os
 import pathlib
 
-__all__ = ["ENVIRONMENT_VARIABLE", "default_directory", "enable", "enable_default",
-           "remembered"]
+__all__ = ["ENVIRONMENT_VARIABLE", "default_directory", "enable", "enable_default"]
 
 #: Opt-out switch (``0``) or directory, read by :func:`enable_default` at ``import hbm``.
 ENVIRONMENT_VARIABLE = "HBM_COMPILATION_CACHE"
@@ -66,41 +60,3 @@ def enable_default() -> pathlib.Path | None:
         return None
     return enable(setting or None)
 
-
-_FACTS_FILE = "hbm-facts.json"
-
-
-def remembered(name: str, check) -> bool:
-    """``check()`` (a bool), computed once per JAX version, backend and ``name``: kept in
-    the compilation cache directory when there is one (else computed every time)."""
-    import jax
-
-    directory = jax.config.jax_compilation_cache_dir
-    if not directory:
-        return bool(check())
-    import json
-    import tempfile
-
-    import jaxlib
-
-    key = (f"{name}|jax {jax.__version__}|jaxlib {jaxlib.__version__}|"
-           f"{jax.default_backend()}")
-    path = pathlib.Path(directory) / _FACTS_FILE
-    try:
-        facts = json.loads(path.read_text())
-    except (OSError, ValueError):
-        facts = {}
-    if isinstance(facts, dict) and isinstance(facts.get(key), bool):
-        return facts[key]
-    value = bool(check())
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        facts = facts if isinstance(facts, dict) else {}
-        facts[key] = value
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
-                                         suffix=".tmp") as handle:
-            json.dump(facts, handle)
-        os.replace(handle.name, path)
-    except OSError:  # a read-only cache directory: the answer is still right
-        pass
-    return value

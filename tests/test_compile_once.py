@@ -116,33 +116,3 @@ def test_a_second_process_loads_the_programs_from_the_persistent_cache(tmp_path)
     off = run_child("0", tmp_path)
     assert off["dir"] is None and off["hits"] == off["misses"] == 0
 
-
-def test_remembered_facts_are_computed_once_per_cache_directory(tmp_path):
-    """A one-off runtime check (the leaf hash's agreement with jax.random) is answered from
-    the cache directory by later processes; without a directory it is computed each time."""
-    from hbm.compilation_cache import remembered
-
-    calls = []
-
-    def check(value):
-        def run():
-            calls.append(value)
-            return value
-        return run
-
-    jax.config.update("jax_compilation_cache_dir", None)
-    assert remembered("fact", check(True)) and remembered("fact", check(True))
-    assert calls == [True, True]
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path))
-    try:
-        calls.clear()
-        assert remembered("fact", check(True)) is True
-        assert remembered("fact", check(False)) is True  # read back, not recomputed
-        assert remembered("other", check(False)) is False
-        assert calls == [True, False]
-        stored = json.loads((tmp_path / "hbm-facts.json").read_text())
-        assert sorted(v for v in stored.values()) == [False, True]
-        (tmp_path / "hbm-facts.json").write_text("not json")  # a damaged file: recomputed
-        assert remembered("fact", check(True)) is True and calls[-1] is True
-    finally:
-        jax.config.update("jax_compilation_cache_dir", None)

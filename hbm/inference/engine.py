@@ -12,9 +12,9 @@ program made here by :func:`build_chain_program`:
   serves chunks of any length up to ``len(flags)``). ``adapt`` is an *unbatched* flag:
   True runs the adaptation after each transition (``flags`` is the slice of the warmup
   schedule, a :class:`~hbm.samplers.schedules.WarmupSchedule`, these iterations read),
-  False samples with the adapted step size and metric. Warmup and sampling are therefore one compiled
-  program. Iterations at or beyond ``total`` are not run: the state is left unchanged
-  and their outputs are zeros (the last chunk of a phase is padded).
+  False samples with the adapted step size and metric. Warmup and sampling are therefore
+  one compiled program. Iterations at or beyond ``total`` are not run: the state is left
+  unchanged and their outputs are zeros (the last chunk of a phase is padded).
 
 The random key of iteration ``i`` is ``fold_in(chain_key, i)``, so draws do not depend on
 the chunk size, the placement of the chains, or on whether a run was interrupted and

@@ -3,12 +3,13 @@
 The trajectory's randomness is indexed, not streamed (see :mod:`hbm.samplers.trajectory`):
 doubling ``j`` of a tree with key ``k`` uses ``depth_keys(k, j)``, its direction is
 :func:`direction_from_key` of the first, leaf ``i`` of its subtree draws
-``uniform(fold_in(leaf_key, i))`` and its merge ``uniform`` of the third. JAX lowers its Threefry-2x32 hash to a
-rolled five-iteration loop on CPU, several kernel launches per call, and a transition
-makes a dozen such calls besides its leaves. :func:`leaf_uniform` and :func:`depth_draws`
-compute the same values with an unrolled Threefry-2x32 (Salmon et al. 2011, "Parallel
-random numbers: as easy as 1, 2, 3"), bit for bit ``jax.random``'s (see :func:`_use_fast`);
-so do :func:`split`, :func:`fold_in` and :func:`normal` for a transition's keys and momentum.
+``uniform(fold_in(leaf_key, i))`` and its merge ``uniform`` of the third. JAX lowers its
+Threefry-2x32 hash to a rolled five-iteration loop on CPU, several kernel launches per
+call, and a transition makes a dozen such calls besides its leaves. :func:`leaf_uniform`
+and :func:`depth_draws` compute the same values with an unrolled Threefry-2x32 (Salmon et
+al. 2011, "Parallel random numbers: as easy as 1, 2, 3"), bit for bit ``jax.random``'s
+(see :func:`_use_fast`); so do :func:`split`, :func:`fold_in` and :func:`normal` for a
+transition's keys and momentum.
 """
 
 from __future__ import annotations
