@@ -14,7 +14,9 @@ per shape and streams batches of data sets through it:
   (:func:`hbm.samplers.lockstep_free.run_lockstep_free_chains`); then the draws are
   reduced on the device
   to per-data-set summaries (:func:`summarize_draws`), so only
-  ``O(data sets x parameters)`` numbers leave it, never the draws.
+  ``O(data sets x parameters)`` numbers leave it, never the draws. Chains start from
+  Stan's random initial points, moved in first where float32 cannot resolve their energy
+  (:func:`hbm.samplers.far_tail.move_in`), as in :func:`hbm.sample`.
 
 R-hat here is the classic split R-hat (Gelman et al. 2013, "Bayesian Data Analysis", 3rd
 ed., section 11.4), cheap enough to compute inside the program; :mod:`hbm.diagnostics`
@@ -33,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hbm.errors import ConfigurationError
+from hbm.samplers import far_tail
 
 __all__ = [
     "ConstrainedLayout",
@@ -218,7 +221,7 @@ def build_batched_map(bound, *, jacobian: bool = False, restarts: int = 4,
             return minimize(x0, logdensity_fn, DEFAULT_OPTIMIZER, max_iters,
                             jnp.asarray(tol, dtype))
 
-        positions, logdensities, grad_norms, _, converged = jax.vmap(from_start)(inits)
+        positions, logdensities, grad_norms, _, converged, _ = jax.vmap(from_start)(inits)
         best = jnp.argmax(jnp.where(jnp.isfinite(logdensities), logdensities, -jnp.inf))
         position = positions[best]
         return BatchMAP(position, _flat_constrained(bound, position, data),
@@ -275,6 +278,7 @@ def build_chain_draws(bound, *, warmup: int = 1000, draws: int = 1000,
         init_key, search_key, warmup_key, draw_key = jax.random.split(key, 4)
         dtype = jnp.result_type(float)
         position = jax.random.uniform(init_key, (bound.size,), dtype, -radius, radius)
+        position = far_tail.move_in(lambda x: bound.logdensity(x, data), position)[0]
         state = program.init(search_key, position, data, None, None)
         if warmup > 0:
             state, _ = program.run(state, warmup_key, 0, warmup, True, warmup_flags, data,
@@ -383,8 +387,10 @@ def _build_lockstep_free_nuts(bound, *, chains, warmup, draws, max_tree_depth, t
         def logdensity(x, member):
             return bound.logdensity(x, _merge(shared, member))
 
-        positions = jax.vmap(lambda key: jax.random.uniform(
-            key, (bound.size,), dtype, -radius, radius))(init_keys)
+        positions = jax.vmap(lambda key, member: far_tail.move_in(
+            lambda x: logdensity(x, member),
+            jax.random.uniform(key, (bound.size,), dtype, -radius, radius))[0])(
+                init_keys, member_data)
         initial = jax.vmap(lambda key, x, member: program.init(
             key, x, _merge(shared, member), None, None))(search_keys, positions, member_data)
         result = run_lockstep_free_chains(

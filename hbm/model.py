@@ -1160,16 +1160,20 @@ class BoundModel:
         up to ``num_tries`` times until the log density and its gradient are finite."""
         return self.init_many(key, 1, num_tries, radius)[0]
 
-    def init_many(self, key, num_points: int, num_tries: int = 100, radius: float = 2.0):
-        """``num_points`` independent initial points, shape (num_points, size)."""
+    def init_many(self, key, num_points: int, num_tries: int = 100, radius: float = 2.0,
+                  with_logdensity: bool = False):
+        """``num_points`` independent initial points, shape (num_points, size) (and their
+        log densities, with ``with_logdensity``)."""
         cands = jax.random.uniform(key, (num_tries, num_points, self.size),
                                    minval=-radius, maxval=radius,
                                    dtype=jnp.result_type(float))
-        first = np.asarray(_finite_mask(self, cands[0]))
+        first, first_lp = (np.asarray(v) for v in _finite_and_logdensity(self, cands[0]))
         if first.all():  # the usual case: one evaluation per point
-            return cands[0]
-        ok = _finite_mask(self, cands.reshape(num_tries * num_points, self.size))
+            return (cands[0], first_lp) if with_logdensity else cands[0]
+        ok, lp = _finite_and_logdensity(
+            self, cands.reshape(num_tries * num_points, self.size))
         ok = np.asarray(ok).reshape(num_tries, num_points)
+        lp = np.asarray(lp).reshape(num_tries, num_points)
         if not ok.any(axis=0).all():
             bad_point = cands[0, int(np.argmin(ok.any(axis=0)))]
             terms = {k: float(v) for k, v in self.log_terms(bad_point).items()}
@@ -1181,7 +1185,8 @@ class BoundModel:
                 f"{'' if nonfinite else str(self._nonfinite_grad_params(grad)) + ')'}"
             )
         first = np.argmax(ok, axis=0)
-        return cands[first, np.arange(num_points)]
+        points = cands[first, np.arange(num_points)]
+        return (points, lp[first, np.arange(num_points)]) if with_logdensity else points
 
     def _nonfinite_grad_params(self, grad):
         g = self.unravel(grad)
@@ -1209,15 +1214,16 @@ class BoundModel:
         return params
 
 
-def _finite_mask(bound: BoundModel, xs):
-    """Whether the log density and its gradient are finite at each row of ``xs``; the
-    compiled check is cached per model structure, with the data as an argument."""
-    key = ("finite_mask", bound.signature)
+def _finite_and_logdensity(bound: BoundModel, xs):
+    """Whether the log density and its gradient are finite at each row of ``xs``, and
+    the log density; the compiled check is cached per model structure, with the data as
+    an argument."""
+    key = ("finite_and_logdensity", bound.signature)
     cache = bound.model._bind_cache
     if key not in cache:
-        def ok(x, data, weights):
+        def check(x, data, weights):
             lp, g = jax.value_and_grad(bound.logdensity)(x, data, weights)
-            return jnp.isfinite(lp) & jnp.all(jnp.isfinite(g))
+            return jnp.isfinite(lp) & jnp.all(jnp.isfinite(g)), lp
 
-        cache[key] = jax.jit(jax.vmap(ok, in_axes=(0, None, None)))
+        cache[key] = jax.jit(jax.vmap(check, in_axes=(0, None, None)))
     return cache[key](xs, bound.data, bound.weights)

@@ -24,10 +24,12 @@ from hbm.draws import DrawBuffer
 from hbm.errors import ConfigurationError, HbmError, ModelError, SamplingError
 from hbm.inference import checkpointing, engine
 from hbm.inference.chains import calls_linear_algebra, resolve_chain_method
-from hbm.inference.common import (bind, cached, check_model, data_signature, observed,
-                                  observed_keys, progress_bar, reparam_signature)
+from hbm.inference.common import (bind, cached, check_model, data_signature,
+                                  logdensity_closure, observed, observed_keys, progress_bar,
+                                  reparam_signature)
 from hbm.inference.settings import SampleSettings
 from hbm.model import BoundModel, Model
+from hbm.samplers import far_tail
 
 __all__ = ["sample", "resume", "NUTSRun", "MAX_LOG_LIKELIHOOD_SIZE", "AUTO_REPARAM_MIN_WARMUP"]
 
@@ -77,9 +79,21 @@ class NUTSRun:
         return jax.tree_util.tree_structure(shape)
 
 
+def _random_initial_positions(run: NUTSRun):
+    """Stan's random initial points, each chain too far out for float32 moved in first
+    (:mod:`hbm.samplers.far_tail`); the descent's log-density evaluations are counted as
+    warmup gradients and recorded per chain."""
+    bound, chains = run.bound, run.settings.chains
+    positions, logdensities = bound.init_many(run.keys["init"], chains, with_logdensity=True)
+    descent = far_tail.descend_from_far_tail(logdensity_closure(bound), positions,
+                                             logdensities)
+    run.stats["far_tail_iterations"] = descent.iterations.tolist()
+    run.stats["far_tail_evaluations"] = descent.evaluations.tolist()
+    run.stats["gradients"] += int(descent.evaluations.sum())
+    return descent.positions
+
+
 def _initial_positions(bound: BoundModel, key, num_chains, init):
-    if init is None:
-        return bound.init_many(key, num_chains)
     if not isinstance(init, dict):
         raise ConfigurationError("init must be a dict parameter name -> value (one value for "
                                  "all chains, or a leading chain axis)")
@@ -170,7 +184,12 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
         devices) force one. Each chain's draws come from its own keys whatever the
         placement; placements agree to floating-point rounding.
     init
-        Optional dict of initial values (constrained), one per parameter or per chain.
+        Optional dict of initial values (constrained), one per parameter or per chain;
+        the others are drawn as Stan does (uniform in ``(-2, 2)`` on the unconstrained
+        space). Without ``init``, a chain drawn so far out that float32 cannot resolve its
+        energy (``log p < -2**17``) is first moved uphill by L-BFGS until it can
+        (:mod:`hbm.samplers.far_tail`; ``fit.info["far_tail_iterations"]``, its
+        gradients counted in ``warmup_gradient_evaluations``); float64 runs never are.
     step_size
         Initial step size (required when ``warmup=0``).
     chunk_size
@@ -206,7 +225,8 @@ def sample(model: Model, data=None, *, chains: int = 4, warmup: int = 1000, draw
 
         ckpt.check_new(checkpoint)
     run = _prepare_run(model, data, settings, reparam)
-    run.positions = _initial_positions(run.bound, run.keys["init"], settings.chains, init)
+    run.positions = (_random_initial_positions(run) if init is None else
+                     _initial_positions(run.bound, run.keys["init"], settings.chains, init))
     return _execute(run, progress=progress, checkpoint=checkpoint, after_warmup=_after_warmup)
 
 
@@ -588,6 +608,8 @@ def _build_fit(run, partial_reason):
         warmup_divergences=run.stats["divergences"],
         warmup_iterations=s.warmup,
         warmup_gradient_evaluations=run.stats["gradients"],
+        far_tail_iterations=np.asarray(run.stats.get("far_tail_iterations",
+                                                      [0] * s.chains), np.int64),
         max_tree_depth=s.max_tree_depth,
         target_accept=s.target_accept,
         dense_mass=s.dense_mass,

@@ -33,6 +33,7 @@ from hbm.samplers.closures import as_pytree_function
 __all__ = [
     "MAPResult",
     "BoundaryReport",
+    "Minimized",
     "find_mode",
     "minimize",
     "DEFAULT_OPTIMIZER",
@@ -91,26 +92,47 @@ class _Carry(NamedTuple):
     value: jax.Array  # of the minimized function, -logdensity
     grad: jax.Array
     iteration: jax.Array
+    evaluations: jax.Array
     stopped: jax.Array  # stalled or the next point was not finite
 
 
-def minimize(x0, logdensity_fn, optimizer, max_iters, tol):
+class Minimized(NamedTuple):
+    """Outcome of one :func:`minimize` run (batched under ``vmap``)."""
+
+    position: jax.Array
+    logdensity: jax.Array  # -inf where not finite
+    grad_norm: jax.Array
+    iterations: jax.Array
+    converged: jax.Array  # grad_norm <= tol
+    evaluations: jax.Array  # of the log density and its gradient, line searches included
+
+
+def _evaluations_in_step(opt_state):
+    """Log-density evaluations of the optimizer's last step: its line search's steps
+    where it has one (optax's zoom line search), else the one the next step needs."""
+    steps = optax.tree_utils.tree_get(opt_state, "num_linesearch_steps", None)
+    return jnp.int32(1) if steps is None else jnp.asarray(steps, jnp.int32)
+
+
+def minimize(x0, logdensity_fn, optimizer, max_iters, tol, target=None) -> Minimized:
     """One maximization of ``logdensity_fn`` from ``x0`` (pure: jit and vmap it).
 
-    Returns ``(position, logdensity, grad_norm, iterations, converged)``; steps to
-    non-finite points are refused and the loop stops when it stalls.
+    Steps to non-finite points are refused and the loop stops when it stalls, when the
+    gradient norm is at most ``tol``, after ``max_iters`` iterations, or (with a
+    ``target``) once the log density is at least ``target``.
     """
     negative = lambda x: -logdensity_fn(x)  # noqa: E731
     value_and_grad = optax.value_and_grad_from_state(negative)
     value0, grad0 = jax.value_and_grad(negative)(x0)
 
     def keep_going(carry: _Carry):
-        return (
+        going = (
             (carry.iteration < max_iters)
             & ~carry.stopped
             & jnp.isfinite(carry.value)
             & (jnp.linalg.norm(carry.grad) > tol)
         )
+        return going if target is None else going & (-carry.value < target)
 
     def one_iteration(carry: _Carry) -> _Carry:
         updates, opt_state = optimizer.update(
@@ -133,6 +155,7 @@ def minimize(x0, logdensity_fn, optimizer, max_iters, tol):
             value=accept(value, carry.value),
             grad=accept(grad, carry.grad),
             iteration=carry.iteration + 1,
+            evaluations=carry.evaluations + _evaluations_in_step(opt_state),
             stopped=~acceptable | ~moved,
         )
 
@@ -142,22 +165,25 @@ def minimize(x0, logdensity_fn, optimizer, max_iters, tol):
         value=value0,
         grad=grad0,
         iteration=jnp.zeros((), dtype=jnp.int32),
+        evaluations=jnp.ones((), dtype=jnp.int32),
         stopped=jnp.zeros((), dtype=bool),
     )
     final = jax.lax.while_loop(keep_going, one_iteration, init)
     grad_norm = jnp.linalg.norm(final.grad)
     logdensity = jnp.where(jnp.isfinite(final.value), -final.value, -jnp.inf)
-    return final.position, logdensity, grad_norm, final.iteration, grad_norm <= tol
+    return Minimized(final.position, logdensity, grad_norm, final.iteration,
+                     grad_norm <= tol, final.evaluations)
 
 
 @partial(jax.jit, static_argnames=("optimizer",))
-def _minimize_all(init_positions, tol, max_iters, logdensity_fn, optimizer):
+def _minimize_all(init_positions, tol, max_iters, logdensity_fn, optimizer, target=None):
     run = partial(
         minimize,
         logdensity_fn=logdensity_fn,
         optimizer=optimizer,
         max_iters=max_iters,
         tol=tol,
+        target=target,
     )
     return jax.vmap(run)(init_positions)
 
@@ -207,7 +233,7 @@ def find_mode(
     if not tol >= 0:
         raise ConfigurationError(f"tol must be >= 0, got {tol!r}")
     optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer
-    positions, logdensities, grad_norms, iterations, converged = _minimize_all(
+    positions, logdensities, grad_norms, iterations, converged, _ = _minimize_all(
         init_positions, jnp.asarray(tol, dtype=init_positions.dtype),
         jnp.asarray(max_iters, dtype=jnp.int32), as_pytree_function(logdensity_fn), optimizer,
     )
