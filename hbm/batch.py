@@ -221,11 +221,11 @@ def build_batched_map(bound, *, jacobian: bool = False, restarts: int = 4,
             return minimize(x0, logdensity_fn, DEFAULT_OPTIMIZER, max_iters,
                             jnp.asarray(tol, dtype))
 
-        positions, logdensities, grad_norms, _, converged, _ = jax.vmap(from_start)(inits)
-        best = jnp.argmax(jnp.where(jnp.isfinite(logdensities), logdensities, -jnp.inf))
-        position = positions[best]
+        runs = jax.vmap(from_start)(inits)
+        best = jnp.argmax(jnp.where(jnp.isfinite(runs.logdensity), runs.logdensity, -jnp.inf))
+        position = runs.position[best]
         return BatchMAP(position, _flat_constrained(bound, position, data),
-                        logdensities[best], converged[best], grad_norms[best])
+                        runs.logdensity[best], runs.converged[best], runs.grad_norm[best])
 
     def run_traced(keys, batched, shared):
         traces[0] += 1

@@ -88,7 +88,6 @@ def _random_initial_positions(run: NUTSRun):
     descent = far_tail.descend_from_far_tail(logdensity_closure(bound), positions,
                                              logdensities)
     run.stats["far_tail_iterations"] = descent.iterations.tolist()
-    run.stats["far_tail_evaluations"] = descent.evaluations.tolist()
     run.stats["gradients"] += int(descent.evaluations.sum())
     return descent.positions
 

@@ -176,14 +176,13 @@ def minimize(x0, logdensity_fn, optimizer, max_iters, tol, target=None) -> Minim
 
 
 @partial(jax.jit, static_argnames=("optimizer",))
-def _minimize_all(init_positions, tol, max_iters, logdensity_fn, optimizer, target=None):
+def _minimize_all(init_positions, tol, max_iters, logdensity_fn, optimizer):
     run = partial(
         minimize,
         logdensity_fn=logdensity_fn,
         optimizer=optimizer,
         max_iters=max_iters,
         tol=tol,
-        target=target,
     )
     return jax.vmap(run)(init_positions)
 
@@ -233,26 +232,26 @@ def find_mode(
     if not tol >= 0:
         raise ConfigurationError(f"tol must be >= 0, got {tol!r}")
     optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer
-    positions, logdensities, grad_norms, iterations, converged, _ = _minimize_all(
+    runs = _minimize_all(
         init_positions, jnp.asarray(tol, dtype=init_positions.dtype),
         jnp.asarray(max_iters, dtype=jnp.int32), as_pytree_function(logdensity_fn), optimizer,
     )
-    finite = np.isfinite(np.asarray(logdensities))
+    finite = np.isfinite(np.asarray(runs.logdensity))
     if not finite.any():
         raise InitializationError(
             "find_mode: the log density is not finite at any restart's final point; "
             "check the initial positions"
         )
-    best = int(np.argmax(np.where(finite, np.asarray(logdensities), -np.inf)))
+    best = int(np.argmax(np.where(finite, np.asarray(runs.logdensity), -np.inf)))
     return MAPResult(
-        position=positions[best],
-        logdensity=logdensities[best],
-        converged=bool(converged[best]),
-        num_iterations=int(iterations[best]),
-        all_positions=positions,
-        all_logdensities=logdensities,
-        grad_norm=grad_norms[best],
-        all_converged=converged,
+        position=runs.position[best],
+        logdensity=runs.logdensity[best],
+        converged=bool(runs.converged[best]),
+        num_iterations=int(runs.iterations[best]),
+        all_positions=runs.position,
+        all_logdensities=runs.logdensity,
+        grad_norm=runs.grad_norm[best],
+        all_converged=runs.converged,
     )
 
 
