@@ -122,7 +122,7 @@ class Programs:
                                       settings)
         estimator = metric_estimator(settings.metric, settings.warmup_schedule)
         flags = slice_schedule(schedule_for_chunks(settings.warmup_schedule, warmup, warmup,
-                                                   settings.metric), 0, warmup)
+                                                   settings.metric, bound.size), 0, warmup)
         shared = self.layout
 
         def logdensity(x, y):

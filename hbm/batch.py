@@ -271,7 +271,8 @@ def build_chain_draws(bound, *, warmup: int = 1000, draws: int = 1000,
     program = build_chain_program(lambda x, data, weights: bound.logdensity(x, data),
                                   settings)
     warmup_flags = slice_schedule(schedule_for_chunks(settings.warmup_schedule, warmup,
-                                                      max(warmup, 1), settings.metric),
+                                                      max(warmup, 1), settings.metric,
+                                                      bound.size),
                                   0, warmup)
 
     def one_chain(key, data):
@@ -371,7 +372,8 @@ def _build_lockstep_free_nuts(bound, *, chains, warmup, draws, max_tree_depth, t
                                   settings)
     estimator = metric_estimator(settings.metric, settings.warmup_schedule)
     flags = slice_schedule(schedule_for_chunks(settings.warmup_schedule, warmup,
-                                               max(warmup, 1), settings.metric), 0, warmup)
+                                               max(warmup, 1), settings.metric, bound.size),
+                           0, warmup)
     traces = [0]
 
     def run_traced(keys, batched, shared):

@@ -154,10 +154,11 @@ def _at(logdensity, data, weights, x):
 
 
 def schedule_for_chunks(name: str, num_iterations: int, chunk_size: int,
-                        metric: str | None = None) -> WarmupSchedule:
-    """The warmup schedule ``name`` of ``num_iterations`` (for ``metric``) padded (with
-    no-op iterations) so that every chunk of ``chunk_size`` can slice its part."""
-    schedule = build_warmup_schedule(name, num_iterations, metric=metric)
+                        metric: str | None = None, dim: int | None = None) -> WarmupSchedule:
+    """The warmup schedule ``name`` of ``num_iterations`` (for ``metric`` on a
+    ``dim``-dimensional target) padded (with no-op iterations) so that every chunk of
+    ``chunk_size`` can slice its part."""
+    schedule = build_warmup_schedule(name, num_iterations, metric=metric, dim=dim)
     pad = (-num_iterations) % chunk_size + chunk_size
     return WarmupSchedule(*(np.concatenate([a, np.zeros(pad, bool)]) for a in schedule))
 
@@ -263,7 +264,8 @@ def _run_nuts(key, position, logdensity_fn, num_warmup, num_draws, settings):
     state = program.init(init_key, position, None, None, None)
     if num_warmup > 0:
         flags = slice_schedule(schedule_for_chunks(settings.warmup_schedule, num_warmup,
-                                                   num_warmup, settings.metric),
+                                                   num_warmup, settings.metric,
+                                                   position.shape[0]),
                                0, num_warmup)
         state, _ = program.run(state, warmup_key, 0, num_warmup, True, flags, None, None)
     state, out = program.run(state, draw_key, 0, num_draws, False, no_adaptation(num_draws),

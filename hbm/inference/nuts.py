@@ -461,7 +461,8 @@ def _run_chunks(run, keys, n_iter, adapt, bar, checkpoint):
     thin = s.thin
     capacity = s.chunk_size or chunk_capacity(run)
     if adapt:
-        schedule = engine.schedule_for_chunks(s.warmup_schedule, n_iter, capacity, s.metric)
+        schedule = engine.schedule_for_chunks(s.warmup_schedule, n_iter, capacity, s.metric,
+                                              run.bound.size)
     else:
         schedule = engine.no_adaptation(capacity)
     ahead = checkpoint is None

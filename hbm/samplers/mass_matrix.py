@@ -293,7 +293,7 @@ def fisher_optimal_covariance(draw_covariance, grad_covariance, floor=0.0):
     return 0.5 * (result + result.T)
 
 
-def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: float = 2.0,
+def lowrank(max_rank: int = 32, *, buffer_size: int = 128, eigenvalue_cutoff: float = 2.0,
             undersampled_cutoff: float = 100.0, regularization: float = 1e-3,
             min_draws: int = 10, init_from_gradient: bool = True) -> MetricAdapter:
     """Low-rank plus diagonal inverse mass matrix from draws and gradients.
@@ -301,8 +301,12 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
     Parameters
     ----------
     max_rank
-        Largest number of low-rank directions (the static ``k`` of the result); the rank
-        in use is chosen by the data: the eigenvalues outside ``[1/c, c]``.
+        Largest number of low-rank directions; the static ``k`` of the result is
+        ``min(max_rank, d)`` and the rank in use is chosen by the data: the eigenvalues
+        outside ``[1/c, c]``. 32 leaves room for posteriors with many strongly correlated
+        coefficients: posteriordb's diamonds (``d = 26``) uses up to 20 directions, and
+        its ESS per 1000 gradients went from 66.8 with a cap of 10 to 72.2 (3 seeds,
+        ``benchmarks/adaptation.py``); the velocity and kinetic energy cost ``O(d k)``.
     buffer_size
         Number of most recent draws and gradients kept (memory ``2 * buffer_size * d``).
     eigenvalue_cutoff
@@ -314,11 +318,14 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
         eigenvalue of about ``sqrt(var / regularization)`` that is noise, not geometry
         (``radon_varying_intercept_slope``, ``d = 176``, 128 draws: 2.95 ESS per 1000
         gradients with ``c = 2`` throughout, 4.22 with this at 100; mean of 3 seeds,
-        ``benchmarks/adaptation.py``). 100 is nutpie's cutoff (``nuts-rs``'s
-        ``LowRankSettings``) and gave the best median over the benchmark's posteriors
-        (10 and 30 were tried); it costs small, strongly correlated posteriors whose
-        early windows hold fewer draws than dimensions (diamonds, ``d = 26``: 82 with
-        10, 53-59 with 100).
+        ``benchmarks/adaptation.py``). 100 is the default of ``nuts-rs``'s
+        ``LowRankSettings`` (nutpie 0.16.8 itself passes 2, with ``gamma = 1e-5``, no cap
+        on the rank and an update after every draw) and gave the best median over the
+        benchmark's posteriors (10 and 30 were tried); it costs small, strongly correlated
+        posteriors whose early windows hold fewer draws than dimensions (diamonds,
+        ``d = 26``: 82 with 10, 53-59 with 100; 98-104 with 2 or 10 and an update after
+        every draw, but then the hierarchical posteriors lose, up to 45% with 2 and up to
+        21% with 10; ``benchmarks/README.md``).
     regularization
         ``gamma > 0`` added to both scaled covariances (``C + gamma I``); in the scaled
         space the scales are about 1. Directions without data get eigenvalue 1. It shrinks
@@ -333,7 +340,7 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
     Returns
     -------
     MetricAdapter whose ``final`` returns a :class:`~hbm.samplers.metrics.LowRankInverseMass`
-    with ``max_rank`` columns (inactive ones have eigenvalue 1).
+    with ``min(max_rank, d)`` columns (inactive ones have eigenvalue 1).
     """
     max_rank = _check_positive_int("max_rank", max_rank, 1)
     buffer_size = _check_positive_int("buffer_size", buffer_size, 3)
@@ -392,7 +399,8 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
             fisher_optimal_covariance(draw_cov, grad_cov, regularization))
 
         distance = jnp.abs(jnp.log(values))
-        order = jnp.argsort(-distance)[: min(max_rank, width)]
+        rank = min(max_rank, dim)  # no more columns than dimensions
+        order = jnp.argsort(-distance)[: min(rank, width)]
         keep = distance[order] > jnp.where(num > dim, log_cutoff, log_undersampled_cutoff)
         chosen_values = jnp.where(keep, values[order], 1.0)
         # one representation of the metric: columns left at eigenvalue 1 (which do not
@@ -403,7 +411,7 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
             chosen_vectors, jnp.argmax(jnp.abs(chosen_vectors), axis=0)[None], axis=0)
         chosen_vectors = jnp.where(keep, chosen_vectors * jnp.where(largest < 0, -1.0, 1.0),
                                    0.0).astype(dtype)
-        pad = max_rank - chosen_values.shape[0]
+        pad = rank - chosen_values.shape[0]
         if pad > 0:
             chosen_values = jnp.concatenate([chosen_values, jnp.ones((pad,), dtype)])
             chosen_vectors = jnp.concatenate(
@@ -421,9 +429,10 @@ def lowrank(max_rank: int = 10, *, buffer_size: int = 128, eigenvalue_cutoff: fl
         diagonal = (initial_inverse_mass(position, logdensity_grad) if init_from_gradient
                     else _ones_initial(position, logdensity_grad))
         dim = position.shape[0]
+        rank = min(max_rank, dim)
         return LowRankInverseMass(
-            diagonal, jnp.zeros((dim, max_rank), position.dtype),
-            jnp.ones((max_rank,), position.dtype),
+            diagonal, jnp.zeros((dim, rank), position.dtype),
+            jnp.ones((rank,), position.dtype),
         )
 
     return MetricAdapter(init, update, final, initial, "lowrank")

@@ -263,6 +263,23 @@ def test_lowrank_eigenvalues_converge_on_a_gaussian():
         assert np.all(np.abs(z) < 4.0), (n, z)
 
 
+def test_lowrank_has_no_more_columns_than_dimensions():
+    """A cap above d gives d columns (no padding that never acts), and the same metric
+    as the cap d itself; ``initial`` has the same shapes (a scan carry)."""
+    cov, _ = _strong_directions_gaussian(dim=8)
+    draws, grads = _gaussian_draws(cov, 40, seed=2)
+    capped = lowrank(8, buffer_size=40, eigenvalue_cutoff=1.01)
+    loose = lowrank(32, buffer_size=40, eigenvalue_cutoff=1.01)
+    estimate = jax.jit(loose.final)(_feed(loose, draws, grads))
+    assert estimate.eigenvectors.shape == (8, 8) and estimate.eigenvalues.shape == (8,)
+    assert np.sum(np.asarray(estimate.eigenvalues) != 1.0) > 4  # cutoff 1.01: noise acts too
+    reference = jax.jit(capped.final)(_feed(capped, draws, grads))
+    for got, want in zip(estimate, reference):
+        np.testing.assert_array_equal(got, want)
+    start = loose.initial(jnp.asarray(draws[0]), jnp.asarray(grads[0]))
+    assert jax.tree.map(jnp.shape, start) == jax.tree.map(jnp.shape, estimate)
+
+
 def test_lowrank_without_enough_draws_is_its_diagonal():
     adapter = lowrank(2)
     estimate = jax.jit(adapter.final)(_feed(adapter, np.ones((2, 4)), np.ones((2, 4))))

@@ -104,6 +104,23 @@ def test_early_schedule_refreshes_costly_metrics_less_often():
     np.testing.assert_array_equal(stan.update_metric, stan_schedule(1000).update_metric)
 
 
+def test_low_rank_updates_after_every_draw_where_cheap():
+    """The low-rank metric is refreshed after every draw up to d = 64, then every
+    ceil((d / 64)^3) draws, at most 10; the dense and diagonal metrics ignore d."""
+    from hbm.samplers.schedules import early_update_every
+
+    assert [early_update_every("lowrank", d) for d in (1, 26, 64, 65, 89, 128, 176, 303)] \
+        == [1, 1, 1, 2, 3, 8, 10, 10]
+    assert early_update_every("lowrank") == 10
+    assert early_update_every("dense", 5) == 10
+    assert early_update_every("diag_grad", 500) == early_update_every("diag", 500) == 1
+    small = build_warmup_schedule("early", 1000, metric="lowrank", dim=26)
+    np.testing.assert_array_equal(small, build_warmup_schedule("early", 1000, metric="diag"))
+    large = build_warmup_schedule("early", 1000, metric="lowrank", dim=89)
+    np.testing.assert_array_equal(
+        large, build_warmup_schedule("early", 1000, metric="lowrank", update_every=3))
+
+
 def test_short_warmup_adapts_the_step_size_only():
     for name in ("stan", "early"):
         schedule = build_warmup_schedule(name, 19)
