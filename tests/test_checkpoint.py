@@ -309,6 +309,27 @@ def test_resume_mid_warmup_keeps_the_metric_estimators(monkeypatch, tmp_path, me
                                   reference.sample_stats["step_size"])
 
 
+def test_resume_refuses_a_state_of_another_shape(monkeypatch, tmp_path):
+    """A checkpoint whose sampler state has other shapes than this hbm builds (here the
+    low-rank metric's number of columns, as another version would write it) is refused
+    with a CheckpointError naming the mismatch, not a trace error in compiled code."""
+    import functools
+
+    import hbm.inference.engine as inference
+    from hbm.samplers import mass_matrix
+
+    options = dict(SETTINGS, warmup=100, draws=60, metric="lowrank")
+    model, data = hbm.models.eight_schools()
+    with monkeypatch.context() as patched:
+        patched.setattr(inference, "compile_programs", _failing_on_chunk(3, "stopped"))
+        with pytest.raises(hbm.SamplingError, match="during warmup"):
+            hbm.sample(model, data, checkpoint=tmp_path / "run", **options)
+    model, data = hbm.models.eight_schools()  # a fresh model: programs compiled anew
+    monkeypatch.setattr(mass_matrix, "lowrank", functools.partial(mass_matrix.lowrank, 2))
+    with pytest.raises(CheckpointError, match=r"shape \(2, 10, 10\), expected \(2, 10, 2\)"):
+        hbm.resume(tmp_path / "run", model, progress=False)
+
+
 def test_keyboard_interrupt_during_final_checks_keeps_the_fit(monkeypatch):
     import hbm.results as results
 

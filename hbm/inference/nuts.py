@@ -68,15 +68,14 @@ class NUTSRun:
     chunk_times: list = dataclasses.field(default_factory=list)
     seconds_per_iteration: float | None = None  # measured, for automatic chunk lengths
 
-    def state_treedef(self):
-        """The tree structure of the per-chain sampler state (to rebuild it from a
-        checkpoint's leaves)."""
-        shape = jax.eval_shape(
+    def state_shapes(self):
+        """The shapes and dtypes of the chains' sampler state, as a tree (to rebuild it
+        from a checkpoint's leaves)."""
+        return jax.eval_shape(
             lambda x: self.programs.init(self.keys["warmup"], x, self.bound.data,
                                          self.weights, jnp.asarray(1.0, x.dtype)),
             jax.ShapeDtypeStruct((self.settings.chains, self.bound.size),
                                  jnp.result_type(float)))
-        return jax.tree_util.tree_structure(shape)
 
 
 def _random_initial_positions(run: NUTSRun):
@@ -260,8 +259,7 @@ def resume(path, model: Model, *, progress=True, previous: bool = False, checkpo
     if "structure" in meta:
         checkpointing.check_same_structure(meta["structure"],
                                            checkpointing.model_structure(run.bound), path)
-    leaves = [jnp.asarray(state[f"state/{i}"]) for i in range(meta["num_state_leaves"])]
-    run.state = jax.tree_util.tree_unflatten(run.state_treedef(), leaves)
+    run.state = _restored_state(run, state, meta["num_state_leaves"], path)
     run.weights = {k: jnp.asarray(v)
                    for k, v in checkpointing.restore_arrays(state, "weights").items()}
     run.phase, run.done = meta["phase"], int(meta["done"])
@@ -281,6 +279,27 @@ def resume(path, model: Model, *, progress=True, previous: bool = False, checkpo
     return _execute(run, progress=progress, checkpoint=path if checkpoint else None,
                     after_warmup=None)
 
+
+
+def _restored_state(run: NUTSRun, state: dict, num_leaves: int, path):
+    """The sampler state saved in a checkpoint, checked leaf by leaf against the shapes
+    this hbm builds for the run's settings: a checkpoint of another hbm version can hold
+    a differently shaped state (the low-rank metric's columns, for one), which would
+    otherwise fail deep inside the compiled warmup."""
+    from hbm import checkpoint as ckpt
+
+    expected, treedef = jax.tree_util.tree_flatten(run.state_shapes())
+    saved = [np.asarray(state[f"state/{i}"]) for i in range(num_leaves)]
+    mismatch = [f"leaf {i}: shape {tuple(a.shape)}, expected {tuple(e.shape)}"
+                for i, (a, e) in enumerate(zip(saved, expected)) if a.shape != e.shape]
+    if len(saved) != len(expected) or mismatch:
+        found = (f"{len(saved)} state arrays, expected {len(expected)}"
+                 if len(saved) != len(expected) else "; ".join(mismatch[:3]))
+        raise ckpt.CheckpointError(
+            f"the sampler state in the checkpoint at {path} does not match what this hbm "
+            f"builds for the run's settings ({found}); it was most likely written by "
+            "another hbm version: start the run again with hbm.sample")
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in saved])
 
 
 def _prepare_run(model, data, settings: SampleSettings, reparam) -> NUTSRun:
