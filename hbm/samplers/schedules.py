@@ -10,7 +10,9 @@ the engine applies, in this order:
 2. ``accumulate_metric[i]``: feed ``(position, logdensity_grad)`` to the metric estimator
    (an :func:`hbm.samplers.mass_matrix.overlapping` pair);
 3. ``switch_estimator[i]``: the background estimator replaces the foreground one and a
-   fresh background starts (draws older than the background's window are forgotten);
+   fresh background starts (draws older than the background's window are forgotten;
+   the low-rank estimator defers this while the background holds at most ``d`` draws of
+   a chain that no longer drifts, see :func:`hbm.samplers.mass_matrix.lowrank`);
 4. ``update_metric[i]``: the inverse mass matrix becomes the estimator's ``final``;
 5. ``restart_estimator[i]``: both estimators start afresh;
 6. ``restart_step_size[i]``: re-run the step-size heuristic with the new metric and restart

@@ -17,6 +17,7 @@ from hbm.samplers.mass_matrix import (
     initial_inverse_mass,
     lowrank,
     overlapping,
+    window_drift,
 )
 from hbm.samplers.metrics import LowRankInverseMass, to_dense_inverse_mass
 
@@ -359,6 +360,65 @@ def test_overlapping_switch_forgets_old_draws(name):
                  base.init(jnp.zeros(3)))
 
 
+def _drift_reference(draws, recent):
+    """Mean over coordinates of the squared z-score of the difference of the means of the
+    last ``recent`` draws and of the ones before them (pooled variance)."""
+    old, new = draws[:-recent], draws[-recent:]
+    pooled = (((old - old.mean(0)) ** 2).sum(0) + ((new - new.mean(0)) ** 2).sum(0)) / (
+        len(draws) - 2)
+    z2 = (old.mean(0) - new.mean(0)) ** 2 / (pooled * (1 / len(old) + 1 / len(new)))
+    return z2.mean()
+
+
+@pytest.mark.parametrize("num_draws, recent", [(7, 3), (12, 10), (30, 4)])
+def test_window_drift_matches_a_reference(num_draws, recent):
+    # 30 draws in a buffer of 8 wrap around: only the last 8 count
+    rng = np.random.default_rng(num_draws)
+    draws = rng.normal(size=(num_draws, 4)) + np.linspace(0, 1, num_draws)[:, None]
+    adapter = lowrank(2, buffer_size=8 if num_draws > 12 else 16)
+    state = _feed(adapter, draws, np.zeros_like(draws))
+    kept = draws[-min(num_draws, adapter.init(jnp.zeros(4)).draws.shape[0]):]
+    np.testing.assert_allclose(window_drift(state, jnp.int32(recent)),
+                               _drift_reference(kept, recent), rtol=1e-12)
+    # a coordinate that never moves counts 0; too few draws on a side: inf
+    frozen = _feed(adapter, np.c_[draws[:, :3], np.ones(num_draws)], np.zeros_like(draws))
+    np.testing.assert_allclose(window_drift(frozen, jnp.int32(recent)),
+                               _drift_reference(kept[:, :3], recent) * 3 / 4, rtol=1e-12)
+    assert window_drift(state, jnp.int32(len(kept) - 1)) == np.inf
+    assert window_drift(state, jnp.int32(1)) == np.inf
+
+
+def _overlapping_run(pair, draws, switch_at):
+    state = pair.init(jnp.asarray(draws[0]))
+    update, switch = jax.jit(pair.update), jax.jit(pair.switch)
+    for i, x in enumerate(draws):
+        state = update(state, jnp.asarray(x), jnp.zeros_like(jnp.asarray(x)))
+        if i in switch_at:
+            state = switch(state)
+    return state
+
+
+def test_lowrank_defers_a_switch_while_its_window_is_short_and_the_chain_stationary():
+    rng = np.random.default_rng(3)
+    stationary = rng.normal(size=(40, 20))
+    pair = overlapping(lowrank(4))
+    # the first switch has no older draws to compare with and goes ahead; at the second,
+    # 10 draws of a stationary chain in 20 dimensions: deferred, both estimators keep theirs
+    state = _overlapping_run(pair, stationary[:30], switch_at=(9, 19))
+    assert int(state.foreground.count) == 30 and int(state.background.count) == 20
+    # once the younger window holds more than d draws the switch goes ahead
+    state = _overlapping_run(pair, stationary, switch_at=(9, 19, 39))
+    assert int(state.foreground.count) == 30 and int(state.background.count) == 0
+    # a chain still drifting forgets its first window
+    drifting = stationary[:30] + np.linspace(0.0, 6.0, 30)[:, None]
+    state = _overlapping_run(pair, drifting, switch_at=(9, 19))
+    assert int(state.foreground.count) == 20 and int(state.background.count) == 10
+    # drift_tolerance=0: every switch happens, as for the other metrics
+    state = _overlapping_run(overlapping(lowrank(4, drift_tolerance=0.0)), stationary[:30],
+                             switch_at=(9, 19))
+    assert int(state.foreground.count) == 20 and int(state.background.count) == 10
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -379,6 +439,8 @@ def test_bad_configuration_raises():
         lowrank(2, regularization=0.0)
     with pytest.raises(ConfigurationError, match="min_draws"):
         lowrank(2, min_draws=2)
+    with pytest.raises(ConfigurationError, match="drift_tolerance"):
+        lowrank(2, drift_tolerance=-1.0)
     with pytest.raises(ConfigurationError, match="max_rank"):
         build_metric_adapter("diag", max_rank=3)  # an option of another metric
     with pytest.raises(ConfigurationError, match="lower"):
