@@ -11,8 +11,9 @@ the engine applies, in this order:
    (an :func:`hbm.samplers.mass_matrix.overlapping` pair);
 3. ``switch_estimator[i]``: the background estimator replaces the foreground one and a
    fresh background starts (draws older than the background's window are forgotten;
-   the low-rank estimator defers this while the background holds at most ``d`` draws of
-   a chain that no longer drifts, see :func:`hbm.samplers.mass_matrix.lowrank`);
+   the gradient-based estimators defer this while the chain no longer drifts, the
+   low-rank one only while the background holds at most ``d`` draws, see
+   :func:`hbm.samplers.mass_matrix.diag_grad` and :func:`~hbm.samplers.mass_matrix.lowrank`);
 4. ``update_metric[i]``: the inverse mass matrix becomes the estimator's ``final``;
 5. ``restart_estimator[i]``: both estimators start afresh;
 6. ``restart_step_size[i]``: re-run the step-size heuristic with the new metric and restart
@@ -34,8 +35,9 @@ Two schedules:
   arXiv:2603.18845): after ``first_update`` draws the metric is re-estimated every
   ``update_every`` iterations from the foreground estimator; two estimators overlap, and
   whenever the background has seen ``switch_every`` draws it replaces the foreground, so
-  the metric always rests on the recent draws only (between one and two windows of them)
-  and the first, far-from-typical draws are soon forgotten. The windows are short
+  the metric rests on the recent draws only (between one and two windows of them, more
+  where the estimator defers a switch of a stationary chain, see step 3) and the first,
+  far-from-typical draws are soon forgotten. The windows are short
   (``early_switch_every``) during the first ``early_fraction`` of warmup and long
   (``late_switch_every``) after; no switch happens that would leave the last window
   shorter than its length; the final ``final_fraction`` of warmup adapts the step size

@@ -17,6 +17,7 @@ from hbm.samplers.mass_matrix import (
     initial_inverse_mass,
     lowrank,
     overlapping,
+    welford_drift,
     window_drift,
 )
 from hbm.samplers.metrics import LowRankInverseMass, to_dense_inverse_mass
@@ -343,7 +344,10 @@ def test_overlapping_switch_forgets_old_draws(name):
     # feed 0..4, switch, 5..9, switch, 10..12: the foreground has seen exactly 5..12
     rng = np.random.default_rng(8)
     draws, grads = rng.normal(size=(13, 3)), rng.normal(size=(13, 3))
-    base = build_metric_adapter(name)
+    # the gradient-based estimators would defer the second switch of these stationary
+    # draws (tested below): here every switch happens
+    base = build_metric_adapter(
+        name, **({"drift_tolerance": 0.0} if name in ("diag_grad", "lowrank") else {}))
     pair = overlapping(base)
     state = pair.init(jnp.zeros(3))
     update = jax.jit(pair.update)
@@ -388,11 +392,35 @@ def test_window_drift_matches_a_reference(num_draws, recent):
     assert window_drift(state, jnp.int32(1)) == np.inf
 
 
-def _overlapping_run(pair, draws, switch_at):
+@pytest.mark.parametrize("num_draws, recent", [(7, 3), (12, 10), (30, 4)])
+def test_welford_drift_matches_a_reference(num_draws, recent):
+    rng = np.random.default_rng(num_draws)
+    draws = rng.normal(size=(num_draws, 4)) + np.linspace(0, 1, num_draws)[:, None]
+    draws[:, 3] = 1.0  # a coordinate that never moves counts 0
+    welford_init, welford_update, _ = welford_variance(False)
+    everything = recent_only = welford_init(4, jnp.float64)
+    for i, x in enumerate(jnp.asarray(draws)):
+        everything = welford_update(everything, x)
+        if i >= num_draws - recent:
+            recent_only = welford_update(recent_only, x)
+    np.testing.assert_allclose(welford_drift(everything, recent_only),
+                               _drift_reference(draws[:, :3], recent) * 3 / 4, rtol=1e-10)
+    # the ring-buffer version agrees where the buffer holds every draw
+    buffered = _feed(lowrank(2, buffer_size=32), draws, np.zeros_like(draws))
+    np.testing.assert_allclose(window_drift(buffered, jnp.int32(recent)),
+                               welford_drift(everything, recent_only), rtol=1e-10)
+    # too few draws on a side: inf
+    assert welford_drift(everything, everything) == np.inf
+    assert welford_drift(everything, welford_update(welford_init(4, jnp.float64),
+                                                    jnp.asarray(draws[-1]))) == np.inf
+
+
+def _overlapping_run(pair, draws, switch_at, grads=None):
+    grads = np.zeros_like(draws) if grads is None else grads
     state = pair.init(jnp.asarray(draws[0]))
     update, switch = jax.jit(pair.update), jax.jit(pair.switch)
-    for i, x in enumerate(draws):
-        state = update(state, jnp.asarray(x), jnp.zeros_like(jnp.asarray(x)))
+    for i, (x, g) in enumerate(zip(draws, grads)):
+        state = update(state, jnp.asarray(x), jnp.asarray(g))
         if i in switch_at:
             state = switch(state)
     return state
@@ -419,6 +447,32 @@ def test_lowrank_defers_a_switch_while_its_window_is_short_and_the_chain_station
     assert int(state.foreground.count) == 20 and int(state.background.count) == 10
 
 
+def test_diag_grad_defers_a_switch_while_the_chain_is_stationary():
+    rng = np.random.default_rng(4)
+    stationary = rng.normal(size=(40, 5))
+    pair = overlapping(diag_grad())
+    # the first switch has no older draws to compare with and goes ahead; later switches
+    # of a stationary chain are deferred, however long the window grows
+    grads = -stationary / np.arange(1.0, 6.0) ** 2  # a Gaussian of scales 1, 2, ..., 5
+    state = _overlapping_run(pair, stationary, switch_at=(9, 19, 29, 39), grads=grads)
+    assert int(state.foreground.draws.count) == 40
+    assert int(state.background.draws.count) == 30
+    # the metric then rests on every draw: one estimator's estimate
+    np.testing.assert_allclose(pair.final(state),
+                               diag_grad().final(_feed(diag_grad(), stationary, grads)),
+                               rtol=1e-12)
+    # a chain still drifting forgets its first window
+    drifting = stationary[:30] + np.linspace(0.0, 6.0, 30)[:, None]
+    state = _overlapping_run(pair, drifting, switch_at=(9, 19))
+    assert int(state.foreground.draws.count) == 20
+    assert int(state.background.draws.count) == 10
+    # drift_tolerance=0: every switch happens
+    state = _overlapping_run(overlapping(diag_grad(drift_tolerance=0.0)), stationary[:30],
+                             switch_at=(9, 19))
+    assert int(state.foreground.draws.count) == 20
+    assert int(state.background.draws.count) == 10
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -441,6 +495,10 @@ def test_bad_configuration_raises():
         lowrank(2, min_draws=2)
     with pytest.raises(ConfigurationError, match="drift_tolerance"):
         lowrank(2, drift_tolerance=-1.0)
+    with pytest.raises(ConfigurationError, match="drift_tolerance"):
+        diag_grad(drift_tolerance=-0.5)
+    with pytest.raises(ConfigurationError, match="drift_tolerance"):
+        build_metric_adapter("diag_grad", drift_tolerance=float("nan"))
     with pytest.raises(ConfigurationError, match="max_rank"):
         build_metric_adapter("diag", max_rank=3)  # an option of another metric
     with pytest.raises(ConfigurationError, match="lower"):
