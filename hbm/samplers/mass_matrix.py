@@ -152,6 +152,11 @@ def _check_positive_int(name, value, minimum):
     return int(value)
 
 
+def _check_drift_tolerance(value):
+    if not value >= 0.0:  # also NaN
+        raise ConfigurationError(f"drift_tolerance must be >= 0, got {value}")
+
+
 # ------------------------------------------------------------------ Stan's estimators
 
 
@@ -249,8 +254,7 @@ def diag_grad(*, drift_tolerance: float = 3.0, init_from_gradient: bool = True
     ``tau`` an 80-draw window estimates poorly, from 1.44 to 2.55, with the worst seed
     from 0.08 to 1.44 (``benchmarks/README.md``). ``drift_tolerance=0`` never defers.
     """
-    if not drift_tolerance >= 0.0:
-        raise ConfigurationError(f"drift_tolerance must be >= 0, got {drift_tolerance}")
+    _check_drift_tolerance(drift_tolerance)
     welford_init, welford_update, _ = welford_variance(False)
 
     def init(position) -> DiagGradState:
@@ -449,8 +453,7 @@ def lowrank(max_rank: int = 32, *, buffer_size: int = 128, eigenvalue_cutoff: fl
             raise ConfigurationError(f"{name} must be >= 1, got {value}")
     if not regularization > 0.0:
         raise ConfigurationError(f"regularization must be positive, got {regularization}")
-    if not drift_tolerance >= 0.0:
-        raise ConfigurationError(f"drift_tolerance must be >= 0, got {drift_tolerance}")
+    _check_drift_tolerance(drift_tolerance)
     log_cutoff = math.log(eigenvalue_cutoff)
     log_undersampled_cutoff = math.log(undersampled_cutoff)
 
@@ -572,8 +575,8 @@ def overlapping(adapter: MetricAdapter) -> OverlappingAdapter:
     """Run two copies of ``adapter`` a window apart (nutpie's foreground and background
     estimators): both see every draw, ``final`` reads the foreground, and ``switch``
     forgets the draws older than the background's window (unless the adapter's
-    ``defer_switch`` says to keep them for now, as :func:`lowrank` does while its
-    younger window is too short). With only ``restart`` (never ``switch``) it is Stan's
+    ``defer_switch`` says to keep them for now, as :func:`diag_grad` and :func:`lowrank`
+    do while the chain is stationary). With only ``restart`` (never ``switch``) it is Stan's
     single estimator restarted after each window."""
 
     def init(position) -> OverlappingState:
