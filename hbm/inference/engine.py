@@ -240,7 +240,8 @@ def run_nuts(key, logdensity_fn: Callable, position, num_warmup: int, num_draws:
 
     Returns
     -------
-    (draws (num_draws, d), NUTSInfo stacked over draws (without momenta), step_size,
+    (draws (num_draws, d), NUTSInfo stacked over draws (without momenta and the
+    symmetric acceptance statistic, which only warmup reads), step_size,
     inverse_mass_matrix)
     """
     from hbm.errors import ConfigurationError
@@ -273,5 +274,6 @@ def _run_nuts(key, position, logdensity_fn, num_warmup, num_draws, settings):
     info = nuts_kernel.NUTSInfo(
         momentum=None, is_divergent=out["diverging"], is_turning=out["is_turning"],
         energy=out["energy"], tree_depth=out["tree_depth"], num_steps=out["n_steps"],
-        acceptance_rate=out["acceptance_rate"], energy_error=out["energy_error"])
+        acceptance_rate=out["acceptance_rate"], symmetric_acceptance_rate=None,
+        energy_error=out["energy_error"])
     return out["position"], info, state.step_size, state.inverse_mass_matrix

@@ -359,7 +359,8 @@ def stan_flags(stage, window_end):
                           accumulate_metric=stage == 1,
                           switch_estimator=jnp.zeros_like(window_end),
                           update_metric=window_end, restart_estimator=window_end,
-                          restart_step_size=window_end)
+                          restart_step_size=window_end,
+                          symmetric_acceptance=jnp.zeros_like(window_end))
 
 
 def warmup_init(
@@ -428,8 +429,9 @@ def warmup_adapt(
     """The adaptation updates after one warmup transition that produced ``hmc_state``.
 
     ``flags`` is this iteration's row of a :class:`hbm.samplers.schedules.WarmupSchedule`,
-    applied in its documented order: dual averaging, feeding the estimator (position and
-    gradient), switching estimators, a new metric, restarting the estimator, and a new
+    applied in its documented order: dual averaging (on the transition's symmetric
+    acceptance statistic where the row's ``symmetric_acceptance`` is set, else on Stan's),
+    feeding the estimator (position and gradient), switching estimators, a new metric, restarting the estimator, and a new
     step-size search with dual averaging restarted at ``mu = log(10 * step_size)`` (as in
     Stan's ``adapt_diag_e_nuts::transition``). ``is_last`` (the last warmup iteration)
     switches to the averaged step size unless the search just ran. The flags are
@@ -446,8 +448,9 @@ def warmup_adapt(
     are unchanged.
     """
     da_init, da_update, da_final = dual_averaging(target_accept)
-    da_state = _select(flags.adapt_step_size,
-                       da_update(warmup_state.da_state, info.acceptance_rate),
+    statistic = jnp.where(flags.symmetric_acceptance, info.symmetric_acceptance_rate,
+                          info.acceptance_rate)
+    da_state = _select(flags.adapt_step_size, da_update(warmup_state.da_state, statistic),
                        warmup_state.da_state)
     step_size = jnp.where(flags.adapt_step_size, jnp.exp(da_state.log_step_size),
                           warmup_state.step_size)

@@ -44,6 +44,9 @@ class NUTSInfo(NamedTuple):
     num_steps : leapfrog steps (= gradient evaluations) taken, rejected subtree included.
     acceptance_rate : mean of ``min(1, exp(H0 - H))`` over those steps (Stan's
         ``accept_stat__``), the statistic dual averaging adapts.
+    symmetric_acceptance_rate : mean of ``2 / (1 + exp(|H0 - H|))`` over those steps,
+        which dual averaging adapts instead where the warmup schedule says so
+        (:func:`hbm.samplers.trajectory.leaf_acceptance`).
     energy_error : ``H(returned point) - H0``.
     """
 
@@ -54,6 +57,7 @@ class NUTSInfo(NamedTuple):
     tree_depth: jax.Array
     num_steps: jax.Array
     acceptance_rate: jax.Array
+    symmetric_acceptance_rate: jax.Array
     energy_error: jax.Array
 
 
@@ -132,6 +136,8 @@ def transition_outcome(state: HMCState, momentum, result, metric) -> tuple[HMCSt
         tree_depth=result.tree_depth,
         num_steps=result.num_steps,
         acceptance_rate=result.sum_acceptance / jnp.maximum(result.num_steps, 1),
+        symmetric_acceptance_rate=(result.sum_symmetric_acceptance
+                                   / jnp.maximum(result.num_steps, 1)),
         energy_error=proposal.energy - initial_energy,
     )
     return new_state, info

@@ -85,6 +85,7 @@ class _SubtreeSampler:
     proposal_energy: float = 0.0
     log_weight: float = -np.inf
     sum_acceptance: float = 0.0
+    sum_symmetric_acceptance: float = 0.0
     is_divergent: bool = False
     is_turning: bool = False
 
@@ -131,6 +132,8 @@ def reference_kernel(
             energy = float(energy)
             log_weight_leaf = initial_energy - energy
             sampler.sum_acceptance += 1.0 if log_weight_leaf > 0 else float(np.exp(log_weight_leaf))
+            decay = float(np.exp(-abs(log_weight_leaf)))  # 2 / (1 + e^|d|), no overflow
+            sampler.sum_symmetric_acceptance += 2.0 * decay / (1.0 + decay)
             index = sampler.num_leaves
             sampler.num_leaves += 1
             if index == 0:
@@ -177,7 +180,7 @@ def reference_kernel(
     proposal, proposal_energy = initial_state, initial_energy
     log_weight = 0.0
     depth = num_steps = 0
-    sum_acceptance = 0.0
+    sum_acceptance = sum_symmetric_acceptance = 0.0
     is_divergent = is_turning = False
     while depth < max_tree_depth:
         go_right, leaf_key, merge_uniform = _depth_randomness(tree_key, depth)
@@ -187,6 +190,7 @@ def reference_kernel(
         subtree = build_tree(start, 1.0 if go_right else -1.0, depth, sampler)
         num_steps += sampler.num_leaves
         sum_acceptance += sampler.sum_acceptance
+        sum_symmetric_acceptance += sampler.sum_symmetric_acceptance
         if not subtree.valid:
             is_divergent, is_turning = sampler.is_divergent, sampler.is_turning
             break
@@ -217,6 +221,7 @@ def reference_kernel(
         tree_depth=depth,
         num_steps=num_steps,
         acceptance_rate=sum_acceptance / max(num_steps, 1),
+        symmetric_acceptance_rate=sum_symmetric_acceptance / max(num_steps, 1),
         energy_error=proposal_energy - initial_energy,
     )
     return new_state, info

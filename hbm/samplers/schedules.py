@@ -6,7 +6,10 @@ length ``num_warmup``, so a compiled ``lax.scan`` over warmup indexes it with th
 iteration number and no Python runs in the loop. After the transition of iteration ``i``
 the engine applies, in this order:
 
-1. ``adapt_step_size[i]``: one dual-averaging update from the acceptance statistic;
+1. ``adapt_step_size[i]``: one dual-averaging update from the acceptance statistic:
+   Stan's mean of ``min(1, exp(H0 - H))`` over the trajectory's leaves, or, where
+   ``symmetric_acceptance[i]``, the mean of ``2 / (1 + exp(|H0 - H|))``
+   (:func:`hbm.samplers.trajectory.leaf_acceptance`);
 2. ``accumulate_metric[i]``: feed ``(position, logdensity_grad)`` to the metric estimator
    (an :func:`hbm.samplers.mass_matrix.overlapping` pair);
 3. ``switch_estimator[i]``: the background estimator replaces the foreground one and a
@@ -41,7 +44,8 @@ Two schedules:
   (``early_switch_every``) during the first ``early_fraction`` of warmup and long
   (``late_switch_every``) after; no switch happens that would leave the last window
   shorter than its length; the final ``final_fraction`` of warmup adapts the step size
-  only. The step size is searched again at the first metric update; at later switches
+  only. From ``symmetric_from`` of warmup on, dual averaging adapts the symmetric
+  acceptance statistic, as nuts-rs does late in warmup. The step size is searched again at the first metric update; at later switches
   dual averaging restarts only where the search finds a step size over 100x the current
   one (a step size that collapsed in a bad early stretch; see
   :func:`hbm.samplers.adaptation.warmup_adapt`).
@@ -61,6 +65,7 @@ __all__ = [
     "CHEAP_DECOMPOSITION_DIM",
     "EARLY_UPDATE_EVERY",
     "SCHEDULE_NAMES",
+    "SYMMETRIC_FROM",
     "WarmupSchedule",
     "build_warmup_schedule",
     "early_schedule",
@@ -81,6 +86,15 @@ EARLY_UPDATE_EVERY = {"diag": 1, "diag_grad": 1, "lowrank": 10, "dense": 10}
 #: does; above it, every ``(d / 64)^3`` draws (at most 10), so that its O(d^3)
 #: eigendecompositions cost about as much per warmup iteration as at ``d = 64``.
 CHEAP_DECOMPOSITION_DIM = 64
+
+#: The early schedule's fraction of warmup after which dual averaging adapts the
+#: symmetric acceptance statistic. Chosen by ``benchmarks/adaptation.py`` (``diag_grad``,
+#: seeds 0-5): over its 14 float32 posteriors the median ESS per gradient relative to
+#: Stan's adaptation was 1.29x with Stan's statistic throughout, 1.30x with the symmetric
+#: one from 82% of warmup (late only, like nuts-rs), 1.34x from the start (with a chain
+#: stuck in the neck of the centered funnels ``seeds`` and ``surgical``) and 1.34x from
+#: 30%, the end of the short windows (no stuck chain).
+SYMMETRIC_FROM = 0.3
 
 
 def early_update_every(metric: str | None, dim: int | None = None) -> int:
@@ -111,6 +125,7 @@ class WarmupSchedule(NamedTuple):
     update_metric: np.ndarray
     restart_estimator: np.ndarray
     restart_step_size: np.ndarray
+    symmetric_acceptance: np.ndarray
 
 
 def _check_num_warmup(num_warmup):
@@ -122,7 +137,7 @@ def _check_num_warmup(num_warmup):
 def _empty(num_warmup: int) -> WarmupSchedule:
     off = np.zeros(num_warmup, bool)
     return WarmupSchedule(np.ones(num_warmup, bool), off, off.copy(), off.copy(), off.copy(),
-                          off.copy())
+                          off.copy(), off.copy())
 
 
 def stan_schedule(num_warmup: int, *, initial_buffer: int = 75, first_window: int = 25,
@@ -140,13 +155,14 @@ def stan_schedule(num_warmup: int, *, initial_buffer: int = 75, first_window: in
         update_metric=window_end.copy(),
         restart_estimator=window_end.copy(),
         restart_step_size=window_end.copy(),
+        symmetric_acceptance=np.zeros(num_warmup, bool),
     )
 
 
 def early_schedule(num_warmup: int, *, first_update: int = 5, update_every: int = 1,
                    early_switch_every: int = 10, late_switch_every: int = 80,
-                   early_fraction: float = 0.3, final_fraction: float = 0.1
-                   ) -> WarmupSchedule:
+                   early_fraction: float = 0.3, final_fraction: float = 0.1,
+                   symmetric_from: float = SYMMETRIC_FROM) -> WarmupSchedule:
     """The early-and-often schedule (see the module docstring).
 
     Parameters
@@ -165,6 +181,10 @@ def early_schedule(num_warmup: int, *, first_update: int = 5, update_every: int 
         final 10% was chosen by ``benchmarks/adaptation.py``: over its 13 float32
         posteriors the median ESS per gradient of ``diag_grad`` relative to Stan's
         adaptation was 1.26x with 15%, 1.32x with 8% and 5%, 1.36x with 10%.
+    symmetric_from
+        Fraction of warmup after which dual averaging adapts the step size to the
+        symmetric acceptance statistic instead of Stan's (``1`` never, ``0`` always; see
+        :data:`SYMMETRIC_FROM`).
     """
     num_warmup = _check_num_warmup(num_warmup)
     for name, value in (("first_update", first_update), ("update_every", update_every),
@@ -176,12 +196,15 @@ def early_schedule(num_warmup: int, *, first_update: int = 5, update_every: int 
                         ("final_fraction", final_fraction)):
         if not 0.0 <= value < 1.0:
             raise ConfigurationError(f"{name} must lie in [0, 1), got {value!r}")
+    if not 0.0 <= symmetric_from <= 1.0:
+        raise ConfigurationError(f"symmetric_from must lie in [0, 1], got {symmetric_from!r}")
     if early_fraction + final_fraction > 1.0:
         raise ConfigurationError(
             f"early_fraction + final_fraction must be <= 1, got {early_fraction} + "
             f"{final_fraction}"
         )
     schedule = _empty(num_warmup)
+    schedule.symmetric_acceptance[int(math.ceil(symmetric_from * num_warmup)):] = True
     if num_warmup < 20:
         return schedule
     metric_end = num_warmup - int(final_fraction * num_warmup)  # first step-size-only index

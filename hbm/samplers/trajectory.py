@@ -82,6 +82,7 @@ __all__ = [
     "TrajectoryState",
     "build_trajectory",
     "build_trajectory_stepwise",
+    "leaf_acceptance",
     "leaf_energy",
     "trajectory_init",
     "trajectory_result",
@@ -114,6 +115,8 @@ class TrajectoryResult(NamedTuple):
     tree_depth : number of doublings merged into the trajectory (Stan's ``treedepth__``).
     num_steps : leapfrog steps taken, the rejected last subtree included.
     sum_acceptance : sum over all those steps of ``min(1, exp(H0 - H))``.
+    sum_symmetric_acceptance : sum over them of ``2 / (1 + exp(|H0 - H|))``
+        (:func:`leaf_acceptance`).
     is_divergent : a leaf diverged.
     is_turning : a U-turn stopped the trajectory (inside the last subtree or at its merge).
     """
@@ -122,8 +125,25 @@ class TrajectoryResult(NamedTuple):
     tree_depth: jax.Array
     num_steps: jax.Array
     sum_acceptance: jax.Array
+    sum_symmetric_acceptance: jax.Array
     is_divergent: jax.Array
     is_turning: jax.Array
+
+
+def leaf_acceptance(log_weight_leaf):
+    """The two acceptance statistics of a leaf with ``log_weight_leaf = H0 - H``.
+
+    ``min(1, exp(H0 - H))`` is the Metropolis acceptance probability of a jump to the
+    leaf, the statistic Stan's dual averaging adapts (Hoffman & Gelman 2014, section
+    3.2). ``2 / (1 + exp(|H0 - H|))`` is symmetric in the energy error: a leaf whose
+    energy fell by ``delta`` counts as much against the step size as one whose energy
+    rose by ``delta``, and both are 1 only at ``delta = 0``. nuts-rs (Seyboldt, nutpie)
+    adapts the step size to its mean late in warmup. Written as ``2 sigmoid(-|delta|)``,
+    it is 0, not NaN, at an infinite energy error; NaN stays NaN in both.
+    """
+    acceptance = jnp.where(log_weight_leaf > 0, 1.0, jnp.exp(log_weight_leaf))
+    symmetric = 2.0 * jax.nn.sigmoid(-jnp.abs(log_weight_leaf))
+    return acceptance.astype(log_weight_leaf.dtype), symmetric.astype(log_weight_leaf.dtype)
 
 
 def leaf_energy(state: IntegratorState, metric: Metric):
@@ -203,6 +223,7 @@ class _Fields(NamedTuple):
     subtree_proposal: Proposal
     subtree_log_weight: jax.Array
     subtree_sum_acceptance: jax.Array  # added to the total when the subtree ends
+    subtree_sum_symmetric_acceptance: jax.Array
     # checkpoints, indexed by the popcount of the even leaf that wrote them (last: scratch)
     checkpoints: jax.Array  # (max_tree_depth + 1, 3, d): rows named by _Checkpoint
     # the last leaf is ``end``; what to do with it
@@ -215,6 +236,7 @@ class _Fields(NamedTuple):
     # totals
     num_steps: jax.Array
     sum_acceptance: jax.Array
+    sum_symmetric_acceptance: jax.Array
     is_divergent: jax.Array
     is_turning: jax.Array
 
@@ -327,6 +349,7 @@ def trajectory_init(
         subtree_proposal=proposal,
         subtree_log_weight=jnp.full((), -jnp.inf, dtype),
         subtree_sum_acceptance=zero,
+        subtree_sum_symmetric_acceptance=zero,
         checkpoints=checkpoints,
         pending_energy=initial_energy,
         pending_take_leaf=false,
@@ -336,6 +359,7 @@ def trajectory_init(
         pending_restart=false,
         num_steps=jnp.int32(0),
         sum_acceptance=zero,
+        sum_symmetric_acceptance=zero,
         is_divergent=false,
         is_turning=false,
     ))
@@ -402,7 +426,7 @@ def trajectory_step(
     velocity, energy = leaf_energy(new, metric)
     log_weight_leaf = initial_energy - energy
     is_divergent = (energy - initial_energy) > divergence_threshold
-    acceptance = jnp.where(log_weight_leaf > 0, 1.0, jnp.exp(log_weight_leaf))
+    acceptance, symmetric_acceptance = leaf_acceptance(log_weight_leaf)
 
     # -- uniform progressive sampling within the subtree
     first = i == 0
@@ -413,6 +437,9 @@ def trajectory_step(
     # summed per subtree, then into the total: the nested tree's order of additions
     subtree_sum_acceptance = jnp.where(
         first, jnp.zeros((), dtype), state.subtree_sum_acceptance) + acceptance
+    subtree_sum_symmetric_acceptance = jnp.where(
+        first, jnp.zeros((), dtype), state.subtree_sum_symmetric_acceptance
+    ) + symmetric_acceptance
     sum_before = state.subtree_momentum_sum
     subtree_momentum_sum = sum_before + new.momentum
 
@@ -514,6 +541,10 @@ def trajectory_step(
         subtree_sum_acceptance=subtree_sum_acceptance,
         sum_acceptance=jnp.where(finished, state.sum_acceptance + subtree_sum_acceptance,
                                  state.sum_acceptance),
+        subtree_sum_symmetric_acceptance=subtree_sum_symmetric_acceptance,
+        sum_symmetric_acceptance=jnp.where(
+            finished, state.sum_symmetric_acceptance + subtree_sum_symmetric_acceptance,
+            state.sum_symmetric_acceptance),
         is_divergent=is_divergent,
         is_turning=is_turning | (merge & merged_turning),
     ))
@@ -527,6 +558,7 @@ def trajectory_result(state: TrajectoryState) -> TrajectoryResult:
         tree_depth=state.depth,
         num_steps=state.num_steps,
         sum_acceptance=state.sum_acceptance,
+        sum_symmetric_acceptance=state.sum_symmetric_acceptance,
         is_divergent=state.is_divergent,
         is_turning=state.is_turning,
     )
@@ -591,6 +623,7 @@ class _Subtree(NamedTuple):
     log_weight: jax.Array
     num_steps: jax.Array
     sum_acceptance: jax.Array
+    sum_symmetric_acceptance: jax.Array
     is_divergent: jax.Array
     is_turning: jax.Array
 
@@ -602,6 +635,7 @@ class _SubtreeCarry(NamedTuple):
     log_weight: jax.Array
     momentum_sum: jax.Array
     sum_acceptance: jax.Array
+    sum_symmetric_acceptance: jax.Array
     is_divergent: jax.Array
     is_turning: jax.Array
     # checkpoints (max_tree_depth + 1, 3, d), rows named by _Checkpoint, indexed by the
@@ -640,7 +674,7 @@ def _build_subtree(
         velocity, energy = leaf_energy(state, metric)
         log_weight_leaf = initial_energy - energy
         is_divergent = (energy - initial_energy) > divergence_threshold
-        acceptance = jnp.where(log_weight_leaf > 0, 1.0, jnp.exp(log_weight_leaf))
+        acceptance, symmetric_acceptance = leaf_acceptance(log_weight_leaf)
 
         # uniform progressive sampling within the subtree
         log_weight = jnp.where(
@@ -702,6 +736,7 @@ def _build_subtree(
             log_weight=log_weight,
             momentum_sum=momentum_sum,
             sum_acceptance=carry.sum_acceptance + acceptance,
+            sum_symmetric_acceptance=carry.sum_symmetric_acceptance + symmetric_acceptance,
             is_divergent=is_divergent,
             is_turning=is_turning,
             checkpoints=checkpoints,
@@ -716,6 +751,7 @@ def _build_subtree(
         log_weight=jnp.full((), -jnp.inf, dtype),
         momentum_sum=jnp.zeros_like(position),
         sum_acceptance=jnp.zeros((), dtype),
+        sum_symmetric_acceptance=jnp.zeros((), dtype),
         is_divergent=jnp.zeros((), bool),
         is_turning=jnp.zeros((), bool),
         checkpoints=checkpoints,
@@ -730,6 +766,7 @@ def _build_subtree(
         log_weight=final.log_weight,
         num_steps=final.leaf,
         sum_acceptance=final.sum_acceptance,
+        sum_symmetric_acceptance=final.sum_symmetric_acceptance,
         is_divergent=final.is_divergent,
         is_turning=final.is_turning,
     )
@@ -744,6 +781,7 @@ class _TrajectoryCarry(NamedTuple):
     log_weight: jax.Array
     num_steps: jax.Array
     sum_acceptance: jax.Array
+    sum_symmetric_acceptance: jax.Array
     is_divergent: jax.Array
     is_turning: jax.Array
 
@@ -843,6 +881,8 @@ def build_trajectory(
             log_weight=log_weight,
             num_steps=carry.num_steps + subtree.num_steps,
             sum_acceptance=carry.sum_acceptance + subtree.sum_acceptance,
+            sum_symmetric_acceptance=(carry.sum_symmetric_acceptance
+                                      + subtree.sum_symmetric_acceptance),
             is_divergent=subtree.is_divergent,
             is_turning=subtree.is_turning | merged_turning,
         )
@@ -858,6 +898,7 @@ def build_trajectory(
         log_weight=jnp.zeros((), dtype),
         num_steps=jnp.int32(0),
         sum_acceptance=jnp.zeros((), dtype),
+        sum_symmetric_acceptance=jnp.zeros((), dtype),
         is_divergent=jnp.zeros((), bool),
         is_turning=jnp.zeros((), bool),
     )
@@ -867,6 +908,7 @@ def build_trajectory(
         tree_depth=final.depth,
         num_steps=final.num_steps,
         sum_acceptance=final.sum_acceptance,
+        sum_symmetric_acceptance=final.sum_symmetric_acceptance,
         is_divergent=final.is_divergent,
         is_turning=final.is_turning,
     )

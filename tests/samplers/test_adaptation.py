@@ -195,9 +195,10 @@ def test_a_collapsed_step_size_restarts_dual_averaging_at_a_switch(current, rest
                         initial_step_size=current, estimator=estimator)
     state = state._replace(da_state=da_init(current)._replace(count=jnp.asarray(50)))
     off = jnp.asarray(False)
-    flags = WarmupSchedule(off, off, jnp.asarray(True), off, off, off)
+    flags = WarmupSchedule(off, off, jnp.asarray(True), off, off, off, off)
     key = jax.random.PRNGKey(3)
-    info = SimpleNamespace(acceptance_rate=jnp.asarray(0.0))
+    info = SimpleNamespace(acceptance_rate=jnp.asarray(0.0),
+                           symmetric_acceptance_rate=jnp.asarray(0.0))
     after = warmup_adapt(key, state, state.hmc_state, info, logdensity, flags, off,
                          estimator=estimator)
     searched = find_reasonable_step_size(key, state.hmc_state, logdensity,
@@ -210,3 +211,29 @@ def test_a_collapsed_step_size_restarts_dual_averaging_at_a_switch(current, rest
         assert float(after.step_size) == current
         for got, want in zip(after.da_state, state.da_state):
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_dual_averaging_reads_the_statistic_the_schedule_names(symmetric):
+    """``warmup_adapt`` feeds dual averaging the symmetric acceptance statistic where
+    the schedule's ``symmetric_acceptance`` flag is set, Stan's elsewhere."""
+    from types import SimpleNamespace
+
+    from hbm.samplers.adaptation import metric_estimator, warmup_adapt
+    from hbm.samplers.schedules import WarmupSchedule
+
+    logdensity = lambda x: -0.5 * jnp.sum(x**2)
+    estimator = metric_estimator("diag_grad", "early")
+    _, da_update, _ = dual_averaging(0.8)
+    state = warmup_init(jax.random.PRNGKey(0), jnp.array([0.3, -0.2]), logdensity,
+                        initial_step_size=0.5, estimator=estimator)
+    off, on = jnp.asarray(False), jnp.asarray(True)
+    flags = WarmupSchedule(on, off, off, off, off, off, jnp.asarray(symmetric))
+    info = SimpleNamespace(acceptance_rate=jnp.asarray(0.9),
+                           symmetric_acceptance_rate=jnp.asarray(0.2))
+    after = warmup_adapt(jax.random.PRNGKey(1), state, state.hmc_state, info, logdensity,
+                         flags, off, estimator=estimator)
+    expected = da_update(state.da_state, 0.2 if symmetric else 0.9)
+    for got, want in zip(after.da_state, expected):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(after.step_size, jnp.exp(expected.log_step_size))

@@ -56,7 +56,7 @@ def test_every_member_equals_the_standard_kernel(runs):
     for field in ("num_steps", "tree_depth", "is_divergent", "is_turning", "momentum"):
         np.testing.assert_array_equal(getattr(result.infos, field), getattr(infos, field),
                                       err_msg=field)
-    for field in ("energy", "energy_error", "acceptance_rate"):
+    for field in ("energy", "energy_error", "acceptance_rate", "symmetric_acceptance_rate"):
         np.testing.assert_allclose(getattr(result.infos, field), getattr(infos, field),
                                    rtol=1e-12, atol=1e-12, err_msg=field)
     # the cases are what they claim: divergent, max-depth and very unequal members

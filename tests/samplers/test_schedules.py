@@ -8,6 +8,7 @@ import pytest
 from hbm.errors import ConfigurationError
 from hbm.samplers import build_schedule
 from hbm.samplers.schedules import (
+    SYMMETRIC_FROM,
     WarmupSchedule,
     build_warmup_schedule,
     early_schedule,
@@ -43,6 +44,7 @@ def test_stan_schedule_is_build_schedule(num_warmup):
                   schedule.restart_step_size):
         np.testing.assert_array_equal(flags, windows.window_end)
     assert schedule.adapt_step_size.all() and not schedule.switch_estimator.any()
+    assert not schedule.symmetric_acceptance.any()  # Stan's statistic throughout
     # each update uses exactly the draws of its window
     ends = np.flatnonzero(windows.window_end)
     starts = np.concatenate([[np.flatnonzero(windows.stage == 1)[0]], ends[:-1] + 1])
@@ -122,10 +124,12 @@ def test_low_rank_updates_after_every_draw_where_cheap():
 
 
 def test_short_warmup_adapts_the_step_size_only():
+    metric_flags = ("accumulate_metric", "switch_estimator", "update_metric",
+                    "restart_estimator", "restart_step_size")
     for name in ("stan", "early"):
         schedule = build_warmup_schedule(name, 19)
         assert schedule.adapt_step_size.all()
-        assert not any(flags.any() for flags in schedule[1:])
+        assert not any(getattr(schedule, flags).any() for flags in metric_flags)
         assert all(len(flags) == 0 for flags in build_warmup_schedule(name, 0))
 
 
@@ -143,6 +147,21 @@ def test_schedule_drives_a_compiled_scan():
                                            schedule.update_metric.sum()])
 
 
+@pytest.mark.parametrize("num_warmup, symmetric_from, first", [
+    (1000, SYMMETRIC_FROM, int(np.ceil(SYMMETRIC_FROM * 1000))),
+    (1000, 0.82, 820), (333, 0.5, 167), (19, 0.3, 6), (100, 0.0, 0), (100, 1.0, 100)])
+def test_early_schedule_switches_to_the_symmetric_statistic(num_warmup, symmetric_from,
+                                                            first):
+    """Dual averaging adapts Stan's statistic before ``symmetric_from`` of warmup and the
+    symmetric one from there to the end; nothing else in the schedule depends on it."""
+    schedule = early_schedule(num_warmup, symmetric_from=symmetric_from)
+    np.testing.assert_array_equal(schedule.symmetric_acceptance,
+                                  np.arange(num_warmup) >= first)
+    never = early_schedule(num_warmup, symmetric_from=1.0)
+    for field in WarmupSchedule._fields[:-1]:
+        np.testing.assert_array_equal(getattr(schedule, field), getattr(never, field))
+
+
 def test_bad_schedules_raise():
     with pytest.raises(ConfigurationError, match="warmup_schedule"):
         build_warmup_schedule("nutpie", 100)
@@ -158,3 +177,6 @@ def test_bad_schedules_raise():
         early_schedule(100, final_fraction=1.0)
     with pytest.raises(ConfigurationError, match="early_fraction"):
         early_schedule(100, early_fraction=0.8, final_fraction=0.5)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ConfigurationError, match="symmetric_from"):
+            early_schedule(100, symmetric_from=bad)

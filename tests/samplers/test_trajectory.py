@@ -42,6 +42,8 @@ def _compare(new, info, ref_state, ref_info):
     assert bool(info.is_divergent) == ref_info.is_divergent
     assert bool(info.is_turning) == ref_info.is_turning
     np.testing.assert_allclose(info.acceptance_rate, ref_info.acceptance_rate, rtol=1e-6)
+    np.testing.assert_allclose(info.symmetric_acceptance_rate,
+                               ref_info.symmetric_acceptance_rate, rtol=1e-6)
     np.testing.assert_allclose(info.energy, ref_info.energy, rtol=1e-6, atol=1e-9)
 
 
@@ -187,5 +189,29 @@ def test_stepwise_trajectory_equals_the_nested_one():
     # the energy reduction may round differently in the two compiled programs
     np.testing.assert_allclose(stepwise.proposal.energy, nested.proposal.energy, rtol=1e-13)
     np.testing.assert_allclose(stepwise.sum_acceptance, nested.sum_acceptance, rtol=1e-12)
+    np.testing.assert_allclose(stepwise.sum_symmetric_acceptance,
+                               nested.sum_symmetric_acceptance, rtol=1e-12)
     assert int(np.sum(nested.is_divergent)) > 0 and int(np.sum(nested.is_turning)) > 0
     assert int(np.sum(nested.tree_depth == MAX_TREE_DEPTH)) > 0
+
+
+def test_leaf_acceptance_statistics():
+    """Stan's ``min(1, exp(d))`` and the symmetric ``2 / (1 + exp(|d|))`` of an energy
+    change ``d = H0 - H``, in float64 and float32, at the extremes included."""
+    from hbm.samplers.trajectory import leaf_acceptance
+
+    deltas = np.array([0.0, 1e-3, -1e-3, 0.7, -0.7, 5.0, -5.0, 40.0, -800.0, np.inf, -np.inf])
+    with np.errstate(over="ignore"):
+        stan = np.minimum(1.0, np.exp(deltas))
+        symmetric = 2.0 / (1.0 + np.exp(np.abs(deltas)))
+    for dtype, rtol in ((jnp.float64, 1e-14), (jnp.float32, 1e-6)):
+        got_stan, got_symmetric = leaf_acceptance(jnp.asarray(deltas, dtype))
+        assert got_stan.dtype == got_symmetric.dtype == dtype
+        np.testing.assert_allclose(got_stan, stan, rtol=rtol, atol=0)
+        np.testing.assert_allclose(got_symmetric, symmetric, rtol=rtol, atol=1e-300)
+    # symmetric in d and 1 only at d = 0: an energy fall counts against the step size
+    got_stan, got_symmetric = leaf_acceptance(jnp.asarray(deltas))
+    flipped = leaf_acceptance(jnp.asarray(-deltas))[1]
+    np.testing.assert_array_equal(got_symmetric, flipped)
+    assert float(got_symmetric[0]) == 1.0 and bool(jnp.all(got_symmetric[1:] < 1.0))
+    assert all(bool(jnp.isnan(s)) for s in leaf_acceptance(jnp.asarray(np.nan)))
