@@ -44,8 +44,9 @@ Two schedules:
   (``early_switch_every``) during the first ``early_fraction`` of warmup and long
   (``late_switch_every``) after; no switch happens that would leave the last window
   shorter than its length; the final ``final_fraction`` of warmup adapts the step size
-  only. From ``symmetric_from`` of warmup on, dual averaging adapts the symmetric
-  acceptance statistic, as nuts-rs does late in warmup. The step size is searched again at the first metric update; at later switches
+  only. From ``symmetric_from`` of warmup on (by metric, :data:`EARLY_SYMMETRIC_FROM`),
+  dual averaging adapts the symmetric acceptance statistic, which nuts-rs uses late in
+  warmup. The step size is searched again at the first metric update; at later switches
   dual averaging restarts only where the search finds a step size over 100x the current
   one (a step size that collapsed in a bad early stretch; see
   :func:`hbm.samplers.adaptation.warmup_adapt`).
@@ -63,9 +64,9 @@ from hbm.samplers.adaptation import build_schedule
 
 __all__ = [
     "CHEAP_DECOMPOSITION_DIM",
+    "EARLY_SYMMETRIC_FROM",
     "EARLY_UPDATE_EVERY",
     "SCHEDULE_NAMES",
-    "SYMMETRIC_FROM",
     "WarmupSchedule",
     "build_warmup_schedule",
     "early_schedule",
@@ -87,14 +88,20 @@ EARLY_UPDATE_EVERY = {"diag": 1, "diag_grad": 1, "lowrank": 10, "dense": 10}
 #: eigendecompositions cost about as much per warmup iteration as at ``d = 64``.
 CHEAP_DECOMPOSITION_DIM = 64
 
-#: The early schedule's fraction of warmup after which dual averaging adapts the
-#: symmetric acceptance statistic. Chosen by ``benchmarks/adaptation.py`` (``diag_grad``,
-#: seeds 0-5): over its 14 float32 posteriors the median ESS per gradient relative to
-#: Stan's adaptation was 1.29x with Stan's statistic throughout, 1.30x with the symmetric
-#: one from 82% of warmup (late only, like nuts-rs), 1.34x from the start (with a chain
-#: stuck in the neck of the centered funnels ``seeds`` and ``surgical``) and 1.34x from
-#: 30%, the end of the short windows (no stuck chain).
-SYMMETRIC_FROM = 0.3
+#: The early schedule's ``symmetric_from`` per metric: the fraction of warmup after which
+#: dual averaging adapts the symmetric acceptance statistic (1: never). Chosen by
+#: ``benchmarks/adaptation.py``, median ESS per gradient over its 14 float32 posteriors
+#: relative to Stan's adaptation, seeds 0-5:
+#:
+#: * ``diag_grad``: 1.29x with Stan's statistic throughout, 1.30x with the symmetric one
+#:   from 82% of warmup (late only, like nuts-rs), 1.34x from the start (with a chain
+#:   stuck in the neck of the centered funnels ``seeds`` and ``surgical``) and 1.34x from
+#:   30%, the end of the short windows (no stuck chain);
+#: * ``lowrank``: 2.00x with Stan's statistic, 1.93x from 30% (a stuck chain on ``seeds``,
+#:   eight schools -13%), 1.88x from 82% (seeds 0-2), so it keeps Stan's.
+#:
+#: ``diag`` and ``dense`` were not measured with it and keep Stan's statistic.
+EARLY_SYMMETRIC_FROM = {"diag": 1.0, "diag_grad": 0.3, "lowrank": 1.0, "dense": 1.0}
 
 
 def early_update_every(metric: str | None, dim: int | None = None) -> int:
@@ -162,7 +169,7 @@ def stan_schedule(num_warmup: int, *, initial_buffer: int = 75, first_window: in
 def early_schedule(num_warmup: int, *, first_update: int = 5, update_every: int = 1,
                    early_switch_every: int = 10, late_switch_every: int = 80,
                    early_fraction: float = 0.3, final_fraction: float = 0.1,
-                   symmetric_from: float = SYMMETRIC_FROM) -> WarmupSchedule:
+                   symmetric_from: float = 1.0) -> WarmupSchedule:
     """The early-and-often schedule (see the module docstring).
 
     Parameters
@@ -183,8 +190,8 @@ def early_schedule(num_warmup: int, *, first_update: int = 5, update_every: int 
         adaptation was 1.26x with 15%, 1.32x with 8% and 5%, 1.36x with 10%.
     symmetric_from
         Fraction of warmup after which dual averaging adapts the step size to the
-        symmetric acceptance statistic instead of Stan's (``1`` never, ``0`` always; see
-        :data:`SYMMETRIC_FROM`).
+        symmetric acceptance statistic instead of Stan's (``1``, the default, never; ``0``
+        always; :func:`build_warmup_schedule` takes it from :data:`EARLY_SYMMETRIC_FROM`).
     """
     num_warmup = _check_num_warmup(num_warmup)
     for name, value in (("first_update", first_update), ("update_every", update_every),
@@ -235,7 +242,8 @@ def build_warmup_schedule(name: str, num_warmup: int, *, metric: str | None = No
     """The schedule called ``name`` (``"stan"`` or ``"early"``) for ``num_warmup``
     iterations, with its keyword ``options``. Given the ``metric`` it adapts (and the
     target's dimension ``dim``), the early schedule's ``update_every`` defaults to
-    :func:`early_update_every`'s.
+    :func:`early_update_every`'s and its ``symmetric_from`` to
+    :data:`EARLY_SYMMETRIC_FROM`'s.
 
     Raises
     ------
@@ -250,6 +258,7 @@ def build_warmup_schedule(name: str, num_warmup: int, *, metric: str | None = No
         )
     if name == "early" and metric is not None:
         options.setdefault("update_every", early_update_every(metric, dim))
+        options.setdefault("symmetric_from", EARLY_SYMMETRIC_FROM.get(metric, 1.0))
     try:
         return builders[name](num_warmup, **options)
     except TypeError as error:  # an unknown keyword

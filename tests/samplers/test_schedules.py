@@ -8,7 +8,7 @@ import pytest
 from hbm.errors import ConfigurationError
 from hbm.samplers import build_schedule
 from hbm.samplers.schedules import (
-    SYMMETRIC_FROM,
+    EARLY_SYMMETRIC_FROM,
     WarmupSchedule,
     build_warmup_schedule,
     early_schedule,
@@ -148,8 +148,8 @@ def test_schedule_drives_a_compiled_scan():
 
 
 @pytest.mark.parametrize("num_warmup, symmetric_from, first", [
-    (1000, SYMMETRIC_FROM, int(np.ceil(SYMMETRIC_FROM * 1000))),
-    (1000, 0.82, 820), (333, 0.5, 167), (19, 0.3, 6), (100, 0.0, 0), (100, 1.0, 100)])
+    (1000, 0.3, 300), (1000, 0.82, 820), (333, 0.5, 167), (19, 0.3, 6), (100, 0.0, 0),
+    (100, 1.0, 100)])
 def test_early_schedule_switches_to_the_symmetric_statistic(num_warmup, symmetric_from,
                                                             first):
     """Dual averaging adapts Stan's statistic before ``symmetric_from`` of warmup and the
@@ -160,6 +160,22 @@ def test_early_schedule_switches_to_the_symmetric_statistic(num_warmup, symmetri
     never = early_schedule(num_warmup, symmetric_from=1.0)
     for field in WarmupSchedule._fields[:-1]:
         np.testing.assert_array_equal(getattr(schedule, field), getattr(never, field))
+
+
+def test_the_symmetric_statistic_is_chosen_per_metric():
+    """``build_warmup_schedule`` takes ``symmetric_from`` from ``EARLY_SYMMETRIC_FROM``
+    by metric (Stan's statistic throughout without a metric and in Stan's schedule); an
+    explicit option wins."""
+    assert set(EARLY_SYMMETRIC_FROM) == {"diag", "diag_grad", "lowrank", "dense"}
+    for metric, fraction in EARLY_SYMMETRIC_FROM.items():
+        schedule = build_warmup_schedule("early", 500, metric=metric)
+        np.testing.assert_array_equal(schedule.symmetric_acceptance,
+                                      np.arange(500) >= np.ceil(fraction * 500))
+        assert not build_warmup_schedule("stan", 500, metric=metric).symmetric_acceptance.any()
+    assert EARLY_SYMMETRIC_FROM["diag_grad"] < 1.0  # the default metric uses it
+    assert not build_warmup_schedule("early", 500).symmetric_acceptance.any()
+    explicit = build_warmup_schedule("early", 500, metric="lowrank", symmetric_from=0.5)
+    np.testing.assert_array_equal(explicit.symmetric_acceptance, np.arange(500) >= 250)
 
 
 def test_bad_schedules_raise():
