@@ -431,11 +431,12 @@ def warmup_adapt(
     ``flags`` is this iteration's row of a :class:`hbm.samplers.schedules.WarmupSchedule`,
     applied in its documented order: dual averaging (on the transition's symmetric
     acceptance statistic where the row's ``symmetric_acceptance`` is set, else on Stan's),
-    feeding the estimator (position and gradient), switching estimators, a new metric, restarting the estimator, and a new
-    step-size search with dual averaging restarted at ``mu = log(10 * step_size)`` (as in
-    Stan's ``adapt_diag_e_nuts::transition``). ``is_last`` (the last warmup iteration)
-    switches to the averaged step size unless the search just ran. The flags are
-    arguments, so the compiled update does not depend on the length of warmup.
+    feeding the estimator (position and gradient), switching estimators, a new metric,
+    restarting the estimator, and a new step-size search with dual averaging restarted
+    at ``mu = log(10 * step_size)`` (as in Stan's ``adapt_diag_e_nuts::transition``).
+    ``is_last`` (the last warmup iteration) switches to the averaged step size unless the
+    search just ran. The flags are arguments, so the compiled update does not depend on
+    the length of warmup.
 
     At a switch of estimators (the early schedule) the step size is searched from the
     current one, and dual averaging restarts there only if the search's step size is

@@ -137,7 +137,8 @@ def leaf_acceptance(log_weight_leaf):
     leaf, the statistic Stan's dual averaging adapts (Hoffman & Gelman 2014, section
     3.2). ``2 / (1 + exp(|H0 - H|))`` is symmetric in the energy error: a leaf whose
     energy fell by ``delta`` counts as much against the step size as one whose energy
-    rose by ``delta``, and both are 1 only at ``delta = 0``. nuts-rs (Seyboldt, nutpie)
+    rose by ``delta`` (Stan's statistic is 1 for every fall), and it is 1 only at
+    ``delta = 0``. nuts-rs (Seyboldt, nutpie)
     adapts the step size to its mean late in warmup. Written as ``2 sigmoid(-|delta|)``,
     it is 0, not NaN, at an infinite energy error; NaN stays NaN in both.
     """
