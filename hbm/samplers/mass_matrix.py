@@ -27,7 +27,8 @@ The estimators:
   (:func:`welford_drift`), so that a stationary chain's window grows to every draw
   since it settled.
 * :func:`lowrank` (``"lowrank"``): the same paper's diagonal-plus-low-rank metric. With
-  ``D`` from :func:`diag_grad`, draws and gradients are centered and scaled,
+  ``D`` :func:`diag_grad`'s estimate (unshrunk) from every draw of the window, the
+  buffer's draws and gradients are centered and scaled,
   ``x~ = D^{-1/2} (x - mean x)`` and ``g~ = D^{1/2} (g - mean g)``; on the subspace they
   span, the sample Fisher divergence is minimized by the SPD matrix ``S`` with
   ``S C_g S = C_x`` (``C_x``, ``C_g`` the regularized covariances of ``x~`` and ``g~``):
@@ -40,9 +41,9 @@ The estimators:
   Gaussian target with exact gradients ``g = -Sigma^{-1} x`` the unregularized estimate
   is exact once the buffer holds more than ``d`` draws (``S C_g S = C_x`` is solved by
   the true scaled covariance).
-  Under overlapping windows it defers a switch while the younger window holds at most
-  ``d`` draws and the chain is not drifting (:func:`window_drift`), so that a
-  stationary chain's windows grow until they can resolve every direction.
+  Under overlapping windows it defers a switch as :func:`diag_grad` does, so that a
+  stationary chain's window grows to every draw since it settled: the diagonal rests on
+  all of them, the low-rank part on the last ``buffer_size``.
 
 :func:`initial_inverse_mass` is a gradient-informed first guess, ``1 / |grad log p|`` per
 coordinate (clipped), so that the first trees are not as deep as a unit metric makes them
@@ -81,7 +82,6 @@ __all__ = [
     "lowrank",
     "overlapping",
     "welford_drift",
-    "window_drift",
 ]
 
 METRIC_NAMES = ("diag", "diag_grad", "lowrank", "dense")
@@ -227,6 +227,33 @@ def _diag_from_variances(draw_variance, grad_variance, count, mean_square_grad, 
     return jnp.where(usable, ratio, _gradient_scale(mean_square_grad))
 
 
+def _diag_grad_estimate(state: DiagGradState, shrink: bool):
+    """``sqrt(Var(x) / Var(g))`` per coordinate from the two Welford states (the divisor,
+    ``n`` or ``n - 1``, cancels in the ratio)."""
+    count = jnp.maximum(state.grads.count, 1).astype(state.grads.mean.dtype)
+    mean_square_grad = state.grads.mean**2 + state.grads.m2 / count
+    return _diag_from_variances(state.draws.m2, state.grads.m2, state.draws.count,
+                                mean_square_grad, shrink=shrink)
+
+
+def _diag_grad_moments():
+    """init and update of the Welford states of draws and gradients that
+    :func:`diag_grad` and :func:`lowrank` estimate their diagonal from."""
+    welford_init, welford_update, _ = welford_variance(False)
+
+    def init(position) -> DiagGradState:
+        position = jnp.asarray(position)
+        state = welford_init(position.shape[0], position.dtype)
+        return DiagGradState(state, state)
+
+    def update(state: DiagGradState, position, logdensity_grad) -> DiagGradState:
+        dtype = state.grads.mean.dtype
+        return DiagGradState(welford_update(state.draws, jnp.asarray(position, dtype)),
+                             welford_update(state.grads, jnp.asarray(logdensity_grad, dtype)))
+
+    return init, update
+
+
 def diag_grad(*, drift_tolerance: float = 3.0, init_from_gradient: bool = True
               ) -> MetricAdapter:
     """The gradient-informed diagonal: ``M^{-1}_ii = sqrt(Var(x_i) / Var(g_i))``.
@@ -255,25 +282,10 @@ def diag_grad(*, drift_tolerance: float = 3.0, init_from_gradient: bool = True
     from 0.08 to 1.44 (``benchmarks/README.md``). ``drift_tolerance=0`` never defers.
     """
     _check_drift_tolerance(drift_tolerance)
-    welford_init, welford_update, _ = welford_variance(False)
-
-    def init(position) -> DiagGradState:
-        position = jnp.asarray(position)
-        state = welford_init(position.shape[0], position.dtype)
-        return DiagGradState(state, state)
-
-    def update(state: DiagGradState, position, logdensity_grad) -> DiagGradState:
-        return DiagGradState(
-            welford_update(state.draws, position),
-            welford_update(state.grads, jnp.asarray(logdensity_grad, state.grads.mean.dtype)),
-        )
+    init, update = _diag_grad_moments()
 
     def final(state: DiagGradState):
-        # the divisor (n or n - 1) cancels in the ratio
-        count = jnp.maximum(state.grads.count, 1).astype(state.grads.mean.dtype)
-        mean_square_grad = state.grads.mean**2 + state.grads.m2 / count
-        return _diag_from_variances(state.draws.m2, state.grads.m2, state.draws.count,
-                                    mean_square_grad)
+        return _diag_grad_estimate(state, shrink=True)
 
     def initial(position, logdensity_grad):
         if init_from_gradient:
@@ -291,12 +303,14 @@ def diag_grad(*, drift_tolerance: float = 3.0, init_from_gradient: bool = True
 
 
 class LowRankState(NamedTuple):
-    """Ring buffers of the last ``buffer_size`` draws and gradients, and the number of
-    draws seen (row ``count % buffer_size`` is written next)."""
+    """Ring buffers of the last ``buffer_size`` draws and gradients, the number of draws
+    seen (row ``count % buffer_size`` is written next), and the Welford states of every
+    draw and gradient of the window, which the diagonal is estimated from."""
 
     draws: jax.Array
     grads: jax.Array
     count: jax.Array
+    moments: DiagGradState
 
 
 def _spd_sqrt_and_inverse_sqrt(matrix, floor):
@@ -326,32 +340,6 @@ def fisher_optimal_covariance(draw_covariance, grad_covariance, floor=0.0):
     return 0.5 * (result + result.T)
 
 
-def window_drift(state: LowRankState, recent: jax.Array) -> jax.Array:
-    """How far the ``recent`` last draws of a low-rank buffer have moved from the draws
-    before them: the mean over coordinates of ``z_i^2``, ``z_i`` the difference of the
-    two groups' means of coordinate ``i`` over its standard error (pooled within-group
-    variance; a coordinate that does not vary counts 0). Only draws still in the ring
-    buffer count. About 1 for independent draws of a stationary chain (more with
-    autocorrelation), large while the chain drifts towards the typical set; ``inf``
-    without two older draws and two recent ones.
-    """
-    size, dim = state.draws.shape
-    dtype = state.draws.dtype
-    count = state.count
-    # the draw index held by each row: row r has the latest j < count with j = r mod size
-    index = count - 1 - jnp.mod(count - 1 - jnp.arange(size), size)
-    older = (index >= 0) & (index < count - recent)
-    newer = (index >= 0) & (index >= count - recent)
-
-    def moments(mask):
-        weight = mask.astype(dtype)[:, None]
-        n = jnp.sum(weight)
-        mean = jnp.sum(weight * state.draws, 0) / jnp.maximum(n, 1.0)
-        return n, mean, jnp.sum(weight * (state.draws - mean) ** 2, 0)
-
-    return _mean_squared_z(*moments(older), *moments(newer))
-
-
 def _mean_squared_z(n_old, mean_old, ss_old, n_new, mean_new, ss_new):
     """Mean over coordinates of the squared two-sample z-score of the means of an older
     and a newer group of draws, from their counts, means and sums of squared deviations
@@ -366,10 +354,15 @@ def _mean_squared_z(n_old, mean_old, ss_old, n_new, mean_new, ss_new):
 
 
 def welford_drift(foreground: WelfordState, recent: WelfordState) -> jax.Array:
-    """:func:`window_drift` of two Welford states of the same chain: ``foreground`` has
-    seen every draw ``recent`` has, and earlier ones. The older draws' moments are those
-    of ``foreground`` less ``recent``'s (Chan, Golub & LeVeque's pairwise update of the
-    variance, run backwards)."""
+    """How far a chain's ``recent`` draws have moved from the draws before them, from two
+    Welford states of the chain: ``foreground`` has seen every draw ``recent`` has, and
+    earlier ones. The mean over coordinates of ``z_i^2``, ``z_i`` the difference of the
+    two groups' means of coordinate ``i`` over its standard error (pooled within-group
+    variance; a coordinate that does not vary counts 0). About 1 for independent draws of
+    a stationary chain (more with autocorrelation), large while the chain drifts towards
+    the typical set; ``inf`` without two older draws and two recent ones. The older
+    draws' moments are those of ``foreground`` less ``recent``'s (Chan, Golub &
+    LeVeque's pairwise update of the variance, run backwards)."""
     dtype = foreground.mean.dtype
     n_all = foreground.count.astype(dtype)
     n_new = recent.count.astype(dtype)
@@ -426,16 +419,18 @@ def lowrank(max_rank: int = 32, *, buffer_size: int = 128, eigenvalue_cutoff: fl
         from typical draws can throw a chain far out).
     drift_tolerance
         Under :func:`overlapping` windows, a scheduled switch is deferred (both estimators
-        keep their draws) while the younger window holds at most ``d`` draws and its
-        draws have not moved from the older ones: :func:`window_drift` below this. The
-        windows then grow, by the schedule's steps, until the younger one can resolve
-        every direction, but only once the chain is stationary; a drifting chain still
-        forgets its first draws after one short window. On diamonds (``d = 26``, whose
-        10-draw early windows see only the strongest correlations) ESS per 1000
-        gradients went from 76 to 107 and warmup from 2.6x to 1.4x the sampling
-        gradients; gp_pois_regr's warmup from 2.6x to 1.5x; the median over the 15
-        posteriors of ``benchmarks/adaptation.py`` from 1.84x to 1.98x Stan's
-        adaptation (means of 3 seeds; ``benchmarks/README.md``). ``0`` never defers.
+        keep their draws) while the younger window's draws have not moved from the older
+        ones: :func:`welford_drift` below this, as in :func:`diag_grad`. A stationary
+        chain's window then grows, by the schedule's steps, to every draw since it
+        settled, while a drifting chain still forgets its first draws after one short
+        window. The diagonal is estimated from the whole window and the low-rank part
+        from the buffer's last draws. Deferring only while the younger window holds at
+        most ``d`` draws, with the diagonal from the buffer alone (until December 2026),
+        left chains stuck in the necks of centered funnels: the worst of 6 seeds of
+        ``benchmarks/adaptation.py`` went from 0.064 to 0.62 ESS per 1000 gradients on
+        penicillin, 0.10 to 1.06 on posteriordb's seeds and 0.36 to 14 on surgical, and
+        the median over its 14 float32 posteriors from 1.94x to 1.98x Stan's adaptation
+        (``benchmarks/README.md``). ``0`` never defers.
     init_from_gradient
         Start warmup from :func:`initial_inverse_mass` (else the identity).
 
@@ -454,20 +449,22 @@ def lowrank(max_rank: int = 32, *, buffer_size: int = 128, eigenvalue_cutoff: fl
     if not regularization > 0.0:
         raise ConfigurationError(f"regularization must be positive, got {regularization}")
     _check_drift_tolerance(drift_tolerance)
+    moments_init, moments_update = _diag_grad_moments()
     log_cutoff = math.log(eigenvalue_cutoff)
     log_undersampled_cutoff = math.log(undersampled_cutoff)
 
     def init(position) -> LowRankState:
         position = jnp.asarray(position)
         zeros = jnp.zeros((buffer_size, position.shape[0]), position.dtype)
-        return LowRankState(zeros, zeros, jnp.zeros((), jnp.int32))
+        return LowRankState(zeros, zeros, jnp.zeros((), jnp.int32), moments_init(position))
 
     def update(state: LowRankState, position, logdensity_grad) -> LowRankState:
         row = state.count % buffer_size
         dtype = state.draws.dtype
         draws = state.draws.at[row].set(jnp.asarray(position, dtype))
         grads = state.grads.at[row].set(jnp.asarray(logdensity_grad, dtype))
-        return LowRankState(draws, grads, state.count + 1)
+        return LowRankState(draws, grads, state.count + 1,
+                            moments_update(state.moments, position, logdensity_grad))
 
     def final(state: LowRankState) -> LowRankInverseMass:
         dim = state.draws.shape[1]
@@ -477,11 +474,9 @@ def lowrank(max_rank: int = 32, *, buffer_size: int = 128, eigenvalue_cutoff: fl
         n = jnp.maximum(num, 1).astype(dtype)
         draw_centered = weight * (state.draws - jnp.sum(weight * state.draws, 0) / n)
         grad_centered = weight * (state.grads - jnp.sum(weight * state.grads, 0) / n)
-        mean_square_grad = jnp.sum(weight * state.grads**2, 0) / n
-        diagonal = _diag_from_variances(  # the paper's scaling, not shrunk
-            jnp.sum(draw_centered**2, 0), jnp.sum(grad_centered**2, 0), num,
-            mean_square_grad, shrink=False
-        )
+        # the paper's scaling (not shrunk) from every draw of the window, not only the
+        # buffer's: where the window has grown past the buffer it is the steadier estimate
+        diagonal = _diag_grad_estimate(state.moments, shrink=False)
         scale = jnp.sqrt(diagonal)
         draw_scaled = draw_centered / scale  # (N, d)
         grad_scaled = grad_centered * scale
@@ -539,9 +534,8 @@ def lowrank(max_rank: int = 32, *, buffer_size: int = 128, eigenvalue_cutoff: fl
         )
 
     def defer_switch(foreground: LowRankState, background: LowRankState):
-        recent = background.count
-        return ((recent <= foreground.draws.shape[1])
-                & (window_drift(foreground, recent) < drift_tolerance))
+        return welford_drift(foreground.moments.draws,
+                             background.moments.draws) < drift_tolerance
 
     return MetricAdapter(init, update, final, initial, "lowrank",
                          defer_switch if drift_tolerance > 0 else None)

@@ -18,7 +18,6 @@ from hbm.samplers.mass_matrix import (
     lowrank,
     overlapping,
     welford_drift,
-    window_drift,
 )
 from hbm.samplers.metrics import LowRankInverseMass, to_dense_inverse_mass
 
@@ -41,11 +40,13 @@ def _gaussian_draws(cov, n, seed):
 
 
 def _lowrank_state(adapter, draws, grads):
-    # the ring buffer filled at once (the same as feeding the draws in order when they fit)
+    # the ring buffer filled at once (the same as feeding the draws in order when they
+    # fit), and the window's moments
     state = adapter.init(jnp.asarray(draws[0]))
     n = draws.shape[0]
     return state._replace(draws=state.draws.at[:n].set(draws),
-                          grads=state.grads.at[:n].set(grads), count=jnp.int32(n))
+                          grads=state.grads.at[:n].set(grads), count=jnp.int32(n),
+                          moments=_feed(diag_grad(), draws, grads))
 
 
 # ---------------------------------------------------------------- Stan's estimators
@@ -143,11 +144,13 @@ def test_a_coordinate_without_movement_gets_the_gradient_scale(metric):
 # ---------------------------------------------------------------- low rank
 
 
-def _reference_lowrank(draws, grads, max_rank, cutoff, gamma):
-    """The estimator written out densely in NumPy on the span of the data."""
+def _reference_lowrank(draws, grads, max_rank, cutoff, gamma, window=None):
+    """The estimator written out densely in NumPy on the span of the data; the diagonal
+    from ``window`` (draws, gradients), by default the same draws."""
     n = draws.shape[0]
     xc, gc = draws - draws.mean(0), grads - grads.mean(0)
-    diagonal = np.sqrt(xc.var(0) / gc.var(0))
+    window_draws, window_grads = (draws, grads) if window is None else window
+    diagonal = np.sqrt(window_draws.var(0) / window_grads.var(0))
     xs, gs = xc / np.sqrt(diagonal), gc * np.sqrt(diagonal)
     span = np.linalg.svd(np.concatenate([xs.T, gs.T], 1), full_matrices=False)[0]
     span = span[:, : np.linalg.matrix_rank(np.concatenate([xs.T, gs.T], 1))]
@@ -171,7 +174,7 @@ def _reference_lowrank(draws, grads, max_rank, cutoff, gamma):
     [(6, 40, 40),    # more draws than dimensions: the whole space
      (30, 8, 8),     # fewer: the subspace spanned by the draws and gradients
      (30, 8, 5),     # buffer partly filled
-     (30, 8, 13)],   # ring buffer wrapped: only the last 8 draws count
+     (30, 8, 13)],   # ring buffer wrapped: the last 8 draws, the diagonal from all 13
 )
 def test_lowrank_matches_a_dense_reference(dim, buffer_size, num_draws):
     rng = np.random.default_rng(dim + num_draws)
@@ -187,7 +190,8 @@ def test_lowrank_matches_a_dense_reference(dim, buffer_size, num_draws):
     kept = slice(max(0, num_draws - buffer_size), num_draws)
     # with no more draws than dimensions the covariances are singular: the larger cutoff
     cutoff = 1.5 if min(num_draws, buffer_size) > dim else 4.0
-    reference, rank = _reference_lowrank(draws[kept], grads[kept], 3, cutoff, 1e-2)
+    reference, rank = _reference_lowrank(draws[kept], grads[kept], 3, cutoff, 1e-2,
+                                         window=(draws, grads))
     np.testing.assert_allclose(to_dense_inverse_mass(estimate), reference, rtol=1e-7,
                                atol=1e-9 * np.abs(reference).max())
     assert int(np.sum(np.asarray(estimate.eigenvalues) != 1.0)) == rank
@@ -375,24 +379,6 @@ def _drift_reference(draws, recent):
 
 
 @pytest.mark.parametrize("num_draws, recent", [(7, 3), (12, 10), (30, 4)])
-def test_window_drift_matches_a_reference(num_draws, recent):
-    # 30 draws in a buffer of 8 wrap around: only the last 8 count
-    rng = np.random.default_rng(num_draws)
-    draws = rng.normal(size=(num_draws, 4)) + np.linspace(0, 1, num_draws)[:, None]
-    adapter = lowrank(2, buffer_size=8 if num_draws > 12 else 16)
-    state = _feed(adapter, draws, np.zeros_like(draws))
-    kept = draws[-min(num_draws, adapter.init(jnp.zeros(4)).draws.shape[0]):]
-    np.testing.assert_allclose(window_drift(state, jnp.int32(recent)),
-                               _drift_reference(kept, recent), rtol=1e-12)
-    # a coordinate that never moves counts 0; too few draws on a side: inf
-    frozen = _feed(adapter, np.c_[draws[:, :3], np.ones(num_draws)], np.zeros_like(draws))
-    np.testing.assert_allclose(window_drift(frozen, jnp.int32(recent)),
-                               _drift_reference(kept[:, :3], recent) * 3 / 4, rtol=1e-12)
-    assert window_drift(state, jnp.int32(len(kept) - 1)) == np.inf
-    assert window_drift(state, jnp.int32(1)) == np.inf
-
-
-@pytest.mark.parametrize("num_draws, recent", [(7, 3), (12, 10), (30, 4)])
 def test_welford_drift_matches_a_reference(num_draws, recent):
     rng = np.random.default_rng(num_draws)
     draws = rng.normal(size=(num_draws, 4)) + np.linspace(0, 1, num_draws)[:, None]
@@ -405,10 +391,6 @@ def test_welford_drift_matches_a_reference(num_draws, recent):
             recent_only = welford_update(recent_only, x)
     np.testing.assert_allclose(welford_drift(everything, recent_only),
                                _drift_reference(draws[:, :3], recent) * 3 / 4, rtol=1e-10)
-    # the ring-buffer version agrees where the buffer holds every draw
-    buffered = _feed(lowrank(2, buffer_size=32), draws, np.zeros_like(draws))
-    np.testing.assert_allclose(window_drift(buffered, jnp.int32(recent)),
-                               welford_drift(everything, recent_only), rtol=1e-10)
     # too few draws on a side: inf
     assert welford_drift(everything, everything) == np.inf
     assert welford_drift(everything, welford_update(welford_init(4, jnp.float64),
@@ -426,21 +408,29 @@ def _overlapping_run(pair, draws, switch_at, grads=None):
     return state
 
 
-def test_lowrank_defers_a_switch_while_its_window_is_short_and_the_chain_stationary():
-    rng = np.random.default_rng(3)
-    stationary = rng.normal(size=(40, 20))
-    pair = overlapping(lowrank(4))
-    # the first switch has no older draws to compare with and goes ahead; at the second,
-    # 10 draws of a stationary chain in 20 dimensions: deferred, both estimators keep theirs
-    state = _overlapping_run(pair, stationary[:30], switch_at=(9, 19))
-    assert int(state.foreground.count) == 30 and int(state.background.count) == 20
-    # once the younger window holds more than d draws the switch goes ahead
-    state = _overlapping_run(pair, stationary, switch_at=(9, 19, 39))
-    assert int(state.foreground.count) == 30 and int(state.background.count) == 0
+def test_lowrank_defers_a_switch_while_the_chain_is_stationary():
+    cov, _ = _strong_directions_gaussian(dim=8)
+    stationary, grads = _gaussian_draws(cov, 40, seed=3)
+    pair = overlapping(lowrank(4, buffer_size=16))
+    # the first switch has no older draws to compare with and goes ahead; later switches
+    # of a stationary chain are deferred, however long the window grows (past the buffer)
+    state = _overlapping_run(pair, stationary, switch_at=(9, 19, 29), grads=grads)
+    assert int(state.foreground.count) == 40 and int(state.background.count) == 30
+    # the diagonal then rests on every draw of the window, the low-rank part on the
+    # buffer's last 16: the dense reference with that split
+    reference, rank = _reference_lowrank(stationary[-16:], grads[-16:], 4, 2.0, 1e-3,
+                                         window=(stationary, grads))
+    estimate = jax.jit(pair.final)(state)
+    np.testing.assert_allclose(to_dense_inverse_mass(estimate), reference, rtol=1e-7,
+                               atol=1e-9 * np.abs(reference).max())
+    assert int(np.sum(np.asarray(estimate.eigenvalues) != 1.0)) == rank > 0
+    np.testing.assert_allclose(estimate.diagonal,
+                               np.sqrt(np.var(stationary, 0) / np.var(grads, 0)), rtol=1e-10)
     # a chain still drifting forgets its first window
-    drifting = stationary[:30] + np.linspace(0.0, 6.0, 30)[:, None]
+    drifting = stationary[:30] + np.linspace(0.0, 6.0, 30)[:, None] * np.sqrt(np.diag(cov))
     state = _overlapping_run(pair, drifting, switch_at=(9, 19))
     assert int(state.foreground.count) == 20 and int(state.background.count) == 10
+    assert int(state.foreground.moments.draws.count) == 20
     # drift_tolerance=0: every switch happens, as for the other metrics
     state = _overlapping_run(overlapping(lowrank(4, drift_tolerance=0.0)), stationary[:30],
                              switch_at=(9, 19))
