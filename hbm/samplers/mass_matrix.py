@@ -303,14 +303,18 @@ def diag_grad(*, drift_tolerance: float = 3.0, init_from_gradient: bool = True
 
 
 class LowRankState(NamedTuple):
-    """Ring buffers of the last ``buffer_size`` draws and gradients, the number of draws
-    seen (row ``count % buffer_size`` is written next), and the Welford states of every
-    draw and gradient of the window, which the diagonal is estimated from."""
+    """Ring buffers of the last ``buffer_size`` draws and gradients, and the Welford
+    states of every draw and gradient of the window, which the diagonal is estimated
+    from; ``count``, the number of draws seen, is theirs (row ``count % buffer_size`` is
+    written next)."""
 
     draws: jax.Array
     grads: jax.Array
-    count: jax.Array
     moments: DiagGradState
+
+    @property
+    def count(self) -> jax.Array:
+        return self.moments.draws.count
 
 
 def _spd_sqrt_and_inverse_sqrt(matrix, floor):
@@ -456,14 +460,14 @@ def lowrank(max_rank: int = 32, *, buffer_size: int = 128, eigenvalue_cutoff: fl
     def init(position) -> LowRankState:
         position = jnp.asarray(position)
         zeros = jnp.zeros((buffer_size, position.shape[0]), position.dtype)
-        return LowRankState(zeros, zeros, jnp.zeros((), jnp.int32), moments_init(position))
+        return LowRankState(zeros, zeros, moments_init(position))
 
     def update(state: LowRankState, position, logdensity_grad) -> LowRankState:
         row = state.count % buffer_size
         dtype = state.draws.dtype
         draws = state.draws.at[row].set(jnp.asarray(position, dtype))
         grads = state.grads.at[row].set(jnp.asarray(logdensity_grad, dtype))
-        return LowRankState(draws, grads, state.count + 1,
+        return LowRankState(draws, grads,
                             moments_update(state.moments, position, logdensity_grad))
 
     def final(state: LowRankState) -> LowRankInverseMass:

@@ -41,11 +41,11 @@ def _gaussian_draws(cov, n, seed):
 
 def _lowrank_state(adapter, draws, grads):
     # the ring buffer filled at once (the same as feeding the draws in order when they
-    # fit), and the window's moments
+    # fit), and the window's moments (which count the draws)
     state = adapter.init(jnp.asarray(draws[0]))
     n = draws.shape[0]
     return state._replace(draws=state.draws.at[:n].set(draws),
-                          grads=state.grads.at[:n].set(grads), count=jnp.int32(n),
+                          grads=state.grads.at[:n].set(grads),
                           moments=_feed(diag_grad(), draws, grads))
 
 
